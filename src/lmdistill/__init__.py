@@ -1,0 +1,4 @@
+"""lmdistill: knowledge distillation of language models."""
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]

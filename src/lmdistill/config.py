@@ -1,0 +1,489 @@
+"""Typed recipe configuration: dataclasses validated in ``__post_init__``; YAML is only their serialisation.
+
+Keys are strict (an unknown key is an error with a "did you mean"), values are type- and range-checked as
+soon as a recipe is loaded, and ``a.b=c`` overrides from the command line are applied before validation
+(list items are addressed by index, e.g. ``teachers.0.train.epochs=2``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from lmdistill.registry import did_you_mean
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "DistillationConfig",
+    "EvaluationConfig",
+    "ModelConfig",
+    "RecipeConfig",
+    "SourceConfig",
+    "StudentConfig",
+    "TeacherConfig",
+    "TokenizerConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "from_dict",
+    "list_recipes",
+    "load_recipe",
+    "recipe_path",
+    "to_dict",
+    "to_yaml",
+]
+
+
+class ConfigError(ValueError):
+    """A recipe key or value is wrong; the message names the key path and what was expected."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclass
+class SourceConfig:
+    """One corpus source, read from ``<data root>/corpus/<name>/{train,dev}.txt``."""
+
+    name: str
+    """Source folder name under ``corpus/``, e.g. "brown"."""
+    max_words: int | None = None
+    """Word budget for the train split (whole documents, then lines, are taken until it is reached); None = all."""
+    dev_max_words: int | None = None
+    """Word budget for the dev split; None = all."""
+    cleaning: str | None = None
+    """Cleaning rule (see ``lmdistill.data.corpus.CLEANERS``); None = the rule named after the source, or "none"."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "name", "must be a non-empty source name")
+        for key in ("max_words", "dev_max_words"):
+            value = getattr(self, key)
+            _check(value is None or value > 0, key, f"must be > 0 or null, got {value}")
+
+
+@dataclass
+class DataConfig:
+    """Corpus sources and block packing."""
+
+    sources: list[SourceConfig]
+    """Corpus sources to read, in order."""
+    block_size: int = 128
+    """Tokens per training block (the model's context length)."""
+    random_offset: bool = False
+    """Shift the block grid by a random offset in [0, block_size) each epoch (Baby Llama option)."""
+    dev_max_blocks: int | None = 256
+    """Fixed dev subset: the first N dev blocks (None = all) used for the dev loss at each epoch end."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.sources) > 0, "sources", "must name at least one corpus source")
+        _check(self.block_size >= 8, "block_size", f"must be >= 8, got {self.block_size}")
+        _check(self.dev_max_blocks is None or self.dev_max_blocks > 0, "dev_max_blocks", "must be > 0 or null")
+        names = [s.name for s in self.sources]
+        _check(len(set(names)) == len(names), "sources", f"a source is named twice: {names}")
+
+
+@dataclass
+class TokenizerConfig:
+    """Byte-level BPE tokenizer trained on the train split only."""
+
+    vocab_size: int = 16000
+    """Vocabulary size, special tokens included."""
+    min_frequency: int = 2
+    """Minimum pair frequency for a BPE merge."""
+
+    def __post_init__(self) -> None:
+        _check(self.vocab_size >= 260, "vocab_size", f"must be >= 260 (256 bytes + specials), got {self.vocab_size}")
+        _check(self.min_frequency >= 1, "min_frequency", f"must be >= 1, got {self.min_frequency}")
+
+
+@dataclass
+class ModelConfig:
+    """A GPT-2 or LLaMA causal LM built from scratch, or loaded from a local checkpoint folder."""
+
+    arch: Literal["gpt2", "llama"] = "llama"
+    """Architecture: "gpt2" or "llama"."""
+    num_layers: int = 4
+    """Transformer blocks (L)."""
+    num_heads: int = 4
+    """Attention heads per block."""
+    hidden_size: int = 128
+    """Model width (H)."""
+    intermediate_size: int = 512
+    """MLP inner width."""
+    num_kv_heads: int | None = None
+    """LLaMA key/value heads (grouped-query attention); None = num_heads."""
+    dropout: float = 0.0
+    """Dropout probability (GPT-2 residual/embedding/attention dropout; LLaMA attention dropout)."""
+    tie_word_embeddings: bool = False
+    """Share the input embedding and LM head weights."""
+    path: str | None = None
+    """Local HF checkpoint folder to load instead of building from the fields above."""
+
+    def __post_init__(self) -> None:
+        _check(self.arch in ("gpt2", "llama"), "arch", f"must be 'gpt2' or 'llama', got {self.arch!r}")
+        for key in ("num_layers", "num_heads", "hidden_size", "intermediate_size"):
+            _check(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        _check(
+            self.hidden_size % self.num_heads == 0,
+            "hidden_size",
+            f"must be divisible by num_heads ({self.hidden_size} % {self.num_heads} != 0)",
+        )
+        if self.num_kv_heads is not None:
+            _check(
+                self.num_kv_heads >= 1 and self.num_heads % self.num_kv_heads == 0,
+                "num_kv_heads",
+                f"must divide num_heads={self.num_heads}, got {self.num_kv_heads}",
+            )
+        _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of one model (teacher, baseline or student): AdamW with a cosine schedule and warm-up."""
+
+    epochs: int = 1
+    """Passes over the training blocks."""
+    batch_size: int = 32
+    """Blocks per optimizer step (after gradient accumulation)."""
+    lr: float = 3e-4
+    """Peak learning rate."""
+    warmup_steps: int = 200
+    """Linear warm-up steps before the cosine decay."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step; batch_size must be divisible by it."""
+    max_grad_norm: float | None = 1.0
+    """Gradient clipping norm; None disables clipping."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast on a GPU ("bf16" or "fp16"); ignored with a warning on CPU."""
+    save_every_steps: int = 0
+    """Save a resumable checkpoint every N optimizer steps (0 = only at the end and on Ctrl-C)."""
+    log_every_steps: int = 10
+    """Write metrics every N optimizer steps."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (the schedule is sized for it); None = epochs x steps per epoch."""
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(0 < self.lr < 1, "lr", f"must be in (0, 1), got {self.lr}")
+        _check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.grad_accum_steps >= 1, "grad_accum_steps", f"must be >= 1, got {self.grad_accum_steps}")
+        _check(
+            self.batch_size % self.grad_accum_steps == 0,
+            "batch_size",
+            f"must be divisible by grad_accum_steps ({self.batch_size} % {self.grad_accum_steps} != 0)",
+        )
+        _check(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "must be > 0 or null")
+        _check(
+            self.mixed_precision in ("no", "bf16", "fp16"),
+            "mixed_precision",
+            f"must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}",
+        )
+        _check(self.save_every_steps >= 0, "save_every_steps", f"must be >= 0, got {self.save_every_steps}")
+        _check(self.log_every_steps >= 1, "log_every_steps", f"must be >= 1, got {self.log_every_steps}")
+        _check(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1 or null")
+
+
+@dataclass
+class TeacherConfig:
+    """A teacher: trained from scratch on the corpus (``train`` set) or loaded from ``model.path``."""
+
+    name: str
+    """Name used for its run sub-folder and in reports, e.g. "gpt2-teacher"."""
+    model: ModelConfig
+    """Architecture or checkpoint."""
+    train: TrainConfig | None = None
+    """How to train it; None means use ``model.path`` as it is."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and "/" not in self.name, "name", f"must be a plain folder name, got {self.name!r}")
+        _check(
+            self.train is not None or self.model.path is not None,
+            "train",
+            "a teacher needs either a train section or model.path pointing at a trained checkpoint",
+        )
+
+
+@dataclass
+class StudentConfig:
+    """The student (also the architecture and schedule of the no-distillation baseline)."""
+
+    model: ModelConfig
+    """Student architecture."""
+    train: TrainConfig
+    """Student schedule (the baseline uses the same)."""
+
+
+@dataclass
+class DistillationConfig:
+    """The KD objective: ``alpha * CE + (1 - alpha) * T^2 * KL(p_teacher^T || p_student^T)`` (Baby Llama)."""
+
+    alpha: float = 0.5
+    """Weight of the hard-label cross-entropy; 1 - alpha weights the distillation term."""
+    temperature: float = 2.0
+    """Softmax temperature T applied to teacher and student logits inside the KL only."""
+    kl_reduction: Literal["mean", "batchmean"] = "mean"
+    """"mean": mean over supervised tokens; "batchmean": sum over all tokens / batch size (Baby Llama code)."""
+    ensemble: Literal["logits", "probs"] = "logits"
+    """How teachers are combined: average logits (Baby Llama) or average probabilities at temperature T."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.alpha <= 1.0, "alpha", f"must be in [0, 1], got {self.alpha}")
+        _check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        _check(
+            self.kl_reduction in ("mean", "batchmean"),
+            "kl_reduction",
+            f"must be 'mean' or 'batchmean', got {self.kl_reduction!r}",
+        )
+        _check(self.ensemble in ("logits", "probs"), "ensemble", f"must be 'logits' or 'probs', got {self.ensemble!r}")
+
+
+@dataclass
+class EvaluationConfig:
+    """Zero-shot evaluation after training."""
+
+    blimp: bool = True
+    """Evaluate on BLiMP minimal pairs."""
+    blimp_limit: int | None = None
+    """Pairs per paradigm (the first N); None = all 1,000."""
+    blimp_paradigms: list[str] | None = None
+    """Paradigm names (file stems) to evaluate; None = all 67."""
+    batch_size: int = 64
+    """Sentences per forward pass."""
+
+    def __post_init__(self) -> None:
+        _check(self.blimp_limit is None or self.blimp_limit >= 1, "blimp_limit", "must be >= 1 or null")
+        _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class RecipeConfig:
+    """A whole Baby Llama experiment: data -> tokenizer -> teachers -> baseline and student -> evaluation."""
+
+    name: str
+    """Recipe name, recorded in results."""
+    data: DataConfig
+    """Corpus and packing."""
+    tokenizer: TokenizerConfig
+    """Tokenizer training."""
+    teachers: list[TeacherConfig]
+    """Teachers, trained in order, combined by ``distillation.ensemble``."""
+    student: StudentConfig
+    """Student architecture and schedule."""
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
+    """KD objective."""
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    """Zero-shot evaluation."""
+    baseline: bool = True
+    """Also train the student architecture without distillation (alpha = 1) as a baseline."""
+    seed: int = 42
+    """Seed for initialisation, data order and dropout."""
+    description: str = ""
+    """Free text shown by ``lmdistill recipes ls``."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.teachers) >= 1, "teachers", "must list at least one teacher")
+        names = [t.name for t in self.teachers]
+        _check(len(set(names)) == len(names), "teachers", f"teacher names must be unique, got {names}")
+        reserved = {"student", "baseline", "ensemble", "tokenizer"}
+        _check(not reserved & set(names), "teachers", f"teacher names may not be one of {sorted(reserved)}")
+
+
+# ----------------------------------------------------------------------------------------- (de)serialisation
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    inner, optional = _unwrap_optional(tp)
+    if value is None:
+        _check(optional, key, "may not be null")
+        return None
+    origin = typing.get_origin(inner)
+    if dataclasses.is_dataclass(inner):
+        return from_dict(inner, value, prefix=key)
+    if origin is list:
+        _check(isinstance(value, list), key, f"expected a list, got {type(value).__name__}")
+        (item_tp,) = typing.get_args(inner)
+        return [_convert(v, item_tp, f"{key}.{i}") for i, v in enumerate(value)]
+    if origin is Literal:
+        choices = typing.get_args(inner)
+        _check(value in choices, key, f"must be one of {list(choices)}, got {value!r}")
+        return value
+    if inner is bool:
+        _check(isinstance(value, bool), key, f"expected true/false, got {value!r}")
+        return value
+    if inner is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
+        return value
+    if inner is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"expected a number, got {value!r}")
+        return float(value)
+    if inner is str:
+        _check(isinstance(value, str), key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{key}: unsupported config type {inner!r}")  # pragma: no cover - a bug in this module
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a plain dict, strictly.
+
+    Args:
+        cls (type): a config dataclass, e.g. ``RecipeConfig``.
+        data (dict): parsed YAML.
+        prefix (str): key path of ``data`` for error messages.
+
+    Returns:
+        An instance of ``cls``, validated by its ``__post_init__``.
+
+    Raises:
+        ConfigError: on an unknown or missing key, a wrong type or an out-of-range value; the message names
+            the full key path (e.g. ``teachers.0.train.lr``) and, for a typo, the closest valid keys.
+    """
+    where = prefix or "recipe"
+    _check(isinstance(data, dict), where, f"expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(
+                f"{prefix + '.' if prefix else ''}{key}: unknown key.{did_you_mean(str(key), list(fields))} "
+                f"Valid keys here: {', '.join(fields)}"
+            )
+    kwargs = {}
+    for name, f in fields.items():
+        path = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], path)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{path}: missing required key")
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{prefix + '.' if prefix else ''}{err}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-dict form of a config dataclass (the inverse of ``from_dict``)."""
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    """YAML text of a config dataclass; ``from_dict(cls, yaml.safe_load(to_yaml(cfg))) == cfg``."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=c`` overrides to a parsed recipe dict (in place) and return it.
+
+    Values are parsed as YAML (``3`` is an int, ``null`` is None, ``[a, b]`` a list). List items are addressed
+    by index (``teachers.1.train.lr=1e-4``).
+
+    Raises:
+        ConfigError: on a malformed override or a path through a missing key or index.
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE")
+        path, raw = item.split("=", 1)
+        parts = path.strip().split(".")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        node: Any = data
+        for i, part in enumerate(parts):
+            here = ".".join(parts[: i + 1])
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                _check(part.isdigit() and int(part) < len(node), here, f"no list item {part} (length {len(node)})")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value  # an unknown key is reported by from_dict, with suggestions
+                else:
+                    if node.get(part) is None:
+                        node[part] = {}
+                    node = node[part]
+            else:
+                raise ConfigError(f"{here}: cannot set a key inside a {type(node).__name__}")
+    return data
+
+
+def _packaged_recipes() -> dict[str, Path]:
+    folder = resources.files("lmdistill") / "recipes"
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def list_recipes() -> dict[str, str]:
+    """Packaged recipe names mapped to their one-line descriptions."""
+    out = {}
+    for name, path in sorted(_packaged_recipes().items()):
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        out[name] = str(data.get("description", "")).strip().splitlines()[0] if data.get("description") else ""
+    return out
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """Resolve a packaged recipe name (``babyllama-cpu``) or a YAML file path.
+
+    Raises:
+        FileNotFoundError: naming the path, or the packaged recipes when a name is unknown.
+    """
+    packaged = _packaged_recipes()
+    if name_or_path in packaged:
+        return packaged[name_or_path]
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe file not found: {path}")
+        return path
+    raise FileNotFoundError(
+        f"unknown recipe {name_or_path!r}.{did_you_mean(name_or_path, list(packaged))} "
+        f"Packaged recipes: {', '.join(sorted(packaged))}; or pass a path to a .yaml file."
+    )
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> RecipeConfig:
+    """Load, override and validate a recipe.
+
+    Args:
+        name_or_path (str): packaged recipe name or YAML path.
+        overrides (list[str]): ``a.b=c`` items applied before validation.
+
+    Returns:
+        RecipeConfig: the validated recipe.
+
+    Raises:
+        FileNotFoundError: the recipe does not exist.
+        ConfigError: a key or value is wrong (the message starts with the file and the key path).
+    """
+    path = recipe_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    try:
+        data = apply_overrides(data if data is not None else {}, overrides or [])
+        return from_dict(RecipeConfig, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
