@@ -1,0 +1,39 @@
+# Two entry points: `make demo` (main job, default recipe) and `make test` (lint + full test suite).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+RUN_DIR ?= runs/babyllama-cpu
+
+.PHONY: setup demo smoke test test-fast lint format clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup  ## the main job: Baby Llama at CPU scale on the real corpus, report in $(RUN_DIR)/report.md
+	$(BIN)/lmdistill run babyllama-cpu --run-dir $(RUN_DIR) --resume
+
+smoke: setup  ## the whole pipeline in about a minute
+	$(BIN)/lmdistill run babyllama-smoke --run-dir runs/babyllama-smoke --resume
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+test: lint  ## lint, then every test (the slow end-to-end ones included)
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+format: setup
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

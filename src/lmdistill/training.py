@@ -1,0 +1,335 @@
+"""One explicit training loop, on HF Accelerate, for plain LM training (teachers, baseline) and distillation.
+
+Read top to bottom: set up (optimizer, cosine schedule, resume) -> for each epoch, for each batch: student
+forward, teacher forward (no grad), objective, backward, clip, step -> dev loss at each epoch end -> final
+checkpoint. Checkpoints are Hugging Face folders plus optimizer, scheduler and RNG state, written atomically;
+a run resumed from one gives the same weights as an uninterrupted run (same seed, same machine).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
+
+from lmdistill.atomic import atomic_dir, write_json
+from lmdistill.config import TrainConfig
+from lmdistill.data.blocks import BlockDataset
+from lmdistill.losses.objective import DistillationObjective, causal_lm_ce
+from lmdistill.teachers.ensemble import TeacherEnsemble
+
+__all__ = ["NonFiniteLossError", "TrainResult", "TrainingInterrupted", "evaluate_dev_loss", "total_steps", "train"]
+
+log = logging.getLogger(__name__)
+_CKPT = re.compile(r"^step-(\d+)$")
+KEEP_CHECKPOINTS = 2
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; training stopped without saving, the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C: a checkpoint was saved at the last completed step; ``checkpoint`` is its folder."""
+
+    def __init__(self, message: str, checkpoint: Path) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class TrainResult:
+    """What a finished training stage produced."""
+
+    final_dir: Path
+    """HF checkpoint folder of the final weights (with the tokenizer)."""
+    steps: int
+    """Optimizer steps taken."""
+    dev_losses: list[float] = field(default_factory=list)
+    """Dev CE (nats per token) at each epoch end."""
+    train_time_s: float = 0.0
+    """Wall time of this call (a resumed run counts only its own part)."""
+
+
+def total_steps(blocks: BlockDataset, cfg: TrainConfig) -> int:
+    """Optimizer steps of the whole schedule: full batches over all epochs, capped by ``max_steps``."""
+    steps = sum(blocks.num_batches(e, cfg.batch_size) for e in range(cfg.epochs))
+    return min(steps, cfg.max_steps) if cfg.max_steps else steps
+
+
+@torch.no_grad()
+def evaluate_dev_loss(logits_fn: Callable[[Tensor], Tensor], dev: Tensor, batch_size: int = 32) -> float:
+    """Mean next-token CE (nats per token) of ``logits_fn`` over dev blocks (N, T); every block weighs equally."""
+    total, count = 0.0, 0
+    for i in range(0, len(dev), batch_size):
+        ids = dev[i : i + batch_size]
+        total += causal_lm_ce(logits_fn(ids), ids).item() * len(ids)
+        count += len(ids)
+    return total / max(count, 1)
+
+
+def _latest_checkpoint(out_dir: Path) -> Path | None:
+    folder = out_dir / "checkpoints"
+    found = sorted((int(m.group(1)), p) for p in folder.glob("step-*") if (m := _CKPT.match(p.name)))
+    return found[-1][1] if found else None
+
+
+def _save_checkpoint(out_dir, step, model, optimizer, scheduler, accelerator) -> Path:
+    path = out_dir / "checkpoints" / f"step-{step:07d}"
+    with atomic_dir(path) as tmp:
+        accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, tmp / "rng.pt")
+        write_json(tmp / "state.json", {"step": step})
+    old = sorted(p for p in (out_dir / "checkpoints").glob("step-*") if _CKPT.match(p.name))[:-KEEP_CHECKPOINTS]
+    for p in old:
+        shutil.rmtree(p)
+    return path
+
+
+def _load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> int:
+    state = load_file(path / "model.safetensors")
+    missing, unexpected = accelerator.unwrap_model(model).load_state_dict(state, strict=False)
+    tied = accelerator.unwrap_model(model).config.tie_word_embeddings
+    if unexpected or [k for k in missing if not (tied and k.endswith("lm_head.weight"))]:
+        raise RuntimeError(f"checkpoint {path} does not match the model: missing={missing} unexpected={unexpected}")
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng = torch.load(path / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return int(json.loads((path / "state.json").read_text())["step"])
+
+
+class _MetricsLog:
+    """Metrics as JSONL (truncated to the resumed step) and TensorBoard scalars."""
+
+    def __init__(self, out_dir: Path, resume_step: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = out_dir / "metrics.jsonl"
+        if not enabled:
+            return
+        kept = []
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        kept.append(line)
+                except json.JSONDecodeError:
+                    continue
+        self.path.write_text("".join(f"{line}\n" for line in kept))
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        prefix = "dev/" if record.get("event") == "dev" else "train/"
+        for key, value in record.items():
+            if key not in ("step", "event") and isinstance(value, (int, float)):
+                self.tb.add_scalar(prefix + key, value, record["step"])
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tb.close()
+
+
+class _InterruptFlag:
+    """First Ctrl-C sets a flag checked at the next step boundary; a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.set = False
+        self._previous = None
+
+    def __enter__(self) -> _InterruptFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+        log.warning("Ctrl-C: finishing this step, saving a checkpoint, then stopping (press again to abort)")
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def train(
+    model: PreTrainedModel,
+    blocks: BlockDataset,
+    dev: Tensor,
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    objective: DistillationObjective,
+    teacher: TeacherEnsemble | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    resume: bool = True,
+    desc: str = "train",
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``blocks`` with ``objective`` (and ``teacher`` for distillation).
+
+    Args:
+        model (PreTrainedModel): the causal LM to train (student, baseline or teacher).
+        blocks (BlockDataset): training blocks (B, T) with per-epoch order.
+        dev (Tensor): (N, T) fixed dev blocks; their CE is measured at each epoch end.
+        cfg (TrainConfig): optimisation settings.
+        out_dir (Path): stage folder: ``checkpoints/step-N/``, ``final/``, ``metrics.jsonl``, ``tb/``.
+        objective (DistillationObjective): CE-only for LM training, CE + KL for distillation.
+        teacher (TeacherEnsemble | None): frozen teachers, needed when ``objective.needs_teacher``.
+        tokenizer: saved beside the final weights.
+        resume (bool): continue from the latest checkpoint in ``out_dir`` when there is one.
+        desc (str): progress-bar label.
+        on_step (Callable[[int], None] | None): called after each optimizer step with the step number.
+
+    Returns:
+        TrainResult: final folder, steps, dev losses per epoch, wall time.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf (message names the step and the last good checkpoint).
+        TrainingInterrupted: Ctrl-C; a checkpoint of the last completed step was saved.
+        ValueError: the objective needs a teacher and none was given.
+    """
+    if objective.needs_teacher and teacher is None:
+        raise ValueError("this objective distils (alpha < 1) but no teacher was given")
+    start_time = time.time()
+    mixed_precision = cfg.mixed_precision
+    if mixed_precision != "no" and not torch.cuda.is_available():
+        log.warning("mixed_precision=%s needs a GPU; training in float32 on the CPU", mixed_precision)
+        mixed_precision = "no"
+    accelerator = Accelerator(mixed_precision=mixed_precision)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    num_steps = total_steps(blocks, cfg)
+    if num_steps == 0:
+        raise ValueError(f"{len(blocks)} training blocks give no full batch of {cfg.batch_size}: lower batch_size")
+    micro = cfg.batch_size // cfg.grad_accum_steps
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, num_steps), num_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if teacher is not None:
+        teacher.to(accelerator.device)
+
+    step, last_ckpt = 0, None
+    if resume and (last_ckpt := _latest_checkpoint(out_dir)) is not None:
+        step = _load_checkpoint(last_ckpt, model, optimizer, scheduler, accelerator)
+        log.info("%s: resumed from %s (step %d of %d)", desc, last_ckpt, step, num_steps)
+    metrics = _MetricsLog(out_dir, step, accelerator.is_main_process)
+    dev_losses = [r["dev_loss"] for r in _read_dev_events(out_dir / "metrics.jsonl")]
+    bar = tqdm(total=num_steps, initial=step, desc=desc, disable=None if accelerator.is_main_process else True)
+    model.train()
+
+    def dev_logits(ids: Tensor) -> Tensor:
+        return model(input_ids=ids.to(accelerator.device)).logits
+
+    try:
+        with _InterruptFlag() as interrupt:
+            done_before = 0  # optimizer steps in the epochs before `epoch`
+            for epoch in range(cfg.epochs):
+                epoch_steps = blocks.num_batches(epoch, cfg.batch_size)
+                if step >= done_before + epoch_steps:
+                    done_before += epoch_steps
+                    continue
+                for batch in blocks.epoch_batches(epoch, cfg.batch_size, skip=step - done_before):
+                    terms_sum: dict[str, float] = {}
+                    for ids in batch.split(micro):
+                        ids = ids.to(accelerator.device)
+                        with accelerator.autocast():
+                            student_logits = model(input_ids=ids).logits  # (b, T, V)
+                            teacher_logits = (
+                                teacher(ids, temperature=objective.temperature) if objective.needs_teacher else None
+                            )
+                            loss, terms = objective(student_logits, ids, teacher_logits)
+                        if not math.isfinite(terms["loss"]):
+                            raise NonFiniteLossError(
+                                f"{desc}: loss is {terms['loss']} at step {step + 1} (terms {terms}); stopped. "
+                                f"Last good checkpoint: {last_ckpt or 'none saved yet'}"
+                            )
+                        accelerator.backward(loss / cfg.grad_accum_steps)
+                        for k, v in terms.items():
+                            terms_sum[k] = terms_sum.get(k, 0.0) + v / cfg.grad_accum_steps
+                        del student_logits, teacher_logits, loss
+                    if cfg.max_grad_norm is not None:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{terms_sum['loss']:.3f}")
+                    if step % cfg.log_every_steps == 0 or step == num_steps:
+                        metrics.write(
+                            {"step": step, "epoch": round(epoch + (step - done_before) / epoch_steps, 4),
+                             **{k: round(v, 6) for k, v in terms_sum.items()},
+                             "lr": scheduler.get_last_lr()[0], "tokens": step * cfg.batch_size * blocks.block_size}
+                        )
+                    if on_step is not None:
+                        on_step(step)
+                    if cfg.save_every_steps and step % cfg.save_every_steps == 0 and step < num_steps:
+                        last_ckpt = _save_checkpoint(out_dir, step, model, optimizer, scheduler, accelerator)
+                    if interrupt.set:
+                        path = _save_checkpoint(out_dir, step, model, optimizer, scheduler, accelerator)
+                        raise TrainingInterrupted(f"{desc}: interrupted at step {step}; checkpoint {path}", path)
+                    if step >= num_steps:
+                        break
+                done_before += epoch_steps
+                model.eval()
+                dev_loss = evaluate_dev_loss(dev_logits, dev)
+                model.train()
+                dev_losses.append(dev_loss)
+                metrics.write({"event": "dev", "step": step, "epoch": epoch + 1, "dev_loss": dev_loss})
+                log.info("%s: epoch %d, step %d, dev loss %.4f", desc, epoch + 1, step, dev_loss)
+                if step >= num_steps:
+                    break
+    finally:
+        bar.close()
+        metrics.close()
+
+    final_dir = out_dir / "final"
+    with atomic_dir(final_dir) as tmp:
+        accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_json(tmp / "training.json", {"steps": step, "dev_losses": dev_losses})
+    return TrainResult(final_dir, step, dev_losses, time.time() - start_time)
+
+
+def _read_dev_events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("event") == "dev":
+            events.append(record)
+    return events

@@ -1,0 +1,105 @@
+import dataclasses
+
+import pytest
+import yaml
+
+from lmdistill.config import (
+    ConfigError,
+    RecipeConfig,
+    TrainConfig,
+    apply_overrides,
+    from_dict,
+    list_recipes,
+    load_recipe,
+    to_yaml,
+)
+
+PACKAGED = ["babyllama", "babyllama-cpu", "babyllama-smoke"]
+
+
+def test_packaged_recipes_are_listed():
+    assert set(PACKAGED) <= set(list_recipes())
+
+
+@pytest.mark.parametrize("name", PACKAGED)
+def test_every_packaged_recipe_validates_and_round_trips(name):
+    recipe = load_recipe(name)
+    again = from_dict(RecipeConfig, yaml.safe_load(to_yaml(recipe)))
+    assert again == recipe
+
+
+def test_paper_recipe_has_the_paper_sizes():
+    r = load_recipe("babyllama")
+    gpt2, llama = r.teachers
+    assert (gpt2.model.arch, gpt2.model.num_layers, gpt2.model.num_heads, gpt2.model.hidden_size) == ("gpt2", 24, 16, 1536)
+    assert gpt2.model.intermediate_size == 6144
+    assert (gpt2.train.epochs, gpt2.train.batch_size, gpt2.train.lr) == (6, 256, 2.5e-4)
+    assert (llama.model.num_layers, llama.model.num_heads, llama.model.hidden_size, llama.model.intermediate_size) == (
+        24, 8, 1024, 3072)
+    assert (llama.train.epochs, llama.train.batch_size, llama.train.lr) == (4, 128, 3e-4)
+    s = r.student
+    assert (s.model.num_layers, s.model.num_heads, s.model.hidden_size, s.model.intermediate_size) == (16, 8, 512, 1024)
+    assert (s.train.epochs, s.train.batch_size, s.train.lr, s.train.warmup_steps) == (6, 32, 3e-4, 200)
+    assert (r.distillation.temperature, r.distillation.alpha) == (2.0, 0.5)
+    assert (r.tokenizer.vocab_size, r.data.block_size) == (16000, 128)
+
+
+def test_cpu_recipe_keeps_the_paper_ratios():
+    r = load_recipe("babyllama-cpu")
+    assert (r.distillation.temperature, r.distillation.alpha) == (2.0, 0.5)
+    assert all(t.train.epochs >= 2 for t in r.teachers) and r.student.train.epochs >= 2
+    assert r.data.block_size == 128
+
+
+def test_overrides_apply_to_nested_keys_and_list_items():
+    r = load_recipe("babyllama-smoke", ["teachers.1.train.lr=1e-4", "distillation.kl_reduction=batchmean",
+                                        "evaluation.blimp_limit=null"])
+    assert r.teachers[1].train.lr == 1e-4
+    assert r.distillation.kl_reduction == "batchmean"
+    assert r.evaluation.blimp_limit is None
+
+
+def test_unknown_key_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"distillation\.temprature: unknown key\. Did you mean: temperature\?"):
+        load_recipe("babyllama-smoke", ["distillation.temprature=3"])
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("distillation.alpha=1.5", r"distillation\.alpha: must be in \[0, 1\]"),
+        ("distillation.temperature=0", r"distillation\.temperature: must be > 0"),
+        ("student.train.batch_size=0", r"student\.train\.batch_size: must be >= 1"),
+        ("student.model.hidden_size=31", r"student\.model\.hidden_size: must be divisible by num_heads"),
+        ("student.model.arch=bert", r"student\.model\.arch: must be one of"),
+        ("teachers.0.train.epochs=two", r"teachers\.0\.train\.epochs: expected an integer"),
+        ("teachers.5.train.lr=1", r"teachers\.5: no list item 5"),
+        ("distillation.ensemble=median", r"distillation\.ensemble: must be one of"),
+    ],
+)
+def test_bad_values_name_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_recipe("babyllama-smoke", [override])
+
+
+def test_missing_required_key_is_named(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\ndata: {sources: [{name: brown}]}\ntokenizer: {}\nteachers: []\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: student: missing required key"):
+        load_recipe(str(path))
+
+
+def test_unknown_recipe_name_suggests():
+    with pytest.raises(FileNotFoundError, match=r"Did you mean: babyllama-cpu"):
+        load_recipe("babyllama-cpy")
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match="expected KEY.PATH=VALUE"):
+        apply_overrides({}, ["student.train.lr"])
+
+
+def test_train_config_checks_accumulation():
+    with pytest.raises(ConfigError, match="divisible by grad_accum_steps"):
+        TrainConfig(batch_size=10, grad_accum_steps=3)
+    assert dataclasses.replace(TrainConfig(), batch_size=12, grad_accum_steps=3).grad_accum_steps == 3
