@@ -31,14 +31,28 @@ def test_every_packaged_recipe_validates_and_round_trips(name):
 def test_paper_recipe_has_the_paper_sizes():
     r = load_recipe("babyllama")
     gpt2, llama = r.teachers
-    assert (gpt2.model.arch, gpt2.model.num_layers, gpt2.model.num_heads, gpt2.model.hidden_size) == ("gpt2", 24, 16, 1536)
+    assert (gpt2.model.arch, gpt2.model.num_layers, gpt2.model.num_heads, gpt2.model.hidden_size) == (
+        "gpt2",
+        24,
+        16,
+        1536,
+    )
     assert gpt2.model.intermediate_size == 6144
     assert (gpt2.train.epochs, gpt2.train.batch_size, gpt2.train.lr) == (6, 256, 2.5e-4)
     assert (llama.model.num_layers, llama.model.num_heads, llama.model.hidden_size, llama.model.intermediate_size) == (
-        24, 8, 1024, 3072)
+        24,
+        8,
+        1024,
+        3072,
+    )
     assert (llama.train.epochs, llama.train.batch_size, llama.train.lr) == (4, 128, 3e-4)
     s = r.student
-    assert (s.model.num_layers, s.model.num_heads, s.model.hidden_size, s.model.intermediate_size) == (16, 8, 512, 1024)
+    assert (s.model.num_layers, s.model.num_heads, s.model.hidden_size, s.model.intermediate_size) == (
+        16,
+        8,
+        512,
+        1024,
+    )
     assert (s.train.epochs, s.train.batch_size, s.train.lr, s.train.warmup_steps) == (6, 32, 3e-4, 200)
     assert (r.distillation.temperature, r.distillation.alpha) == (2.0, 0.5)
     assert (r.tokenizer.vocab_size, r.data.block_size) == (16000, 128)
@@ -52,8 +66,10 @@ def test_cpu_recipe_keeps_the_paper_ratios():
 
 
 def test_overrides_apply_to_nested_keys_and_list_items():
-    r = load_recipe("babyllama-smoke", ["teachers.1.train.lr=1e-4", "distillation.kl_reduction=batchmean",
-                                        "evaluation.blimp_limit=null"])
+    r = load_recipe(
+        "babyllama-smoke",
+        ["teachers.1.train.lr=1e-4", "distillation.kl_reduction=batchmean", "evaluation.blimp_limit=null"],
+    )
     assert r.teachers[1].train.lr == 1e-4
     assert r.distillation.kl_reduction == "batchmean"
     assert r.evaluation.blimp_limit is None

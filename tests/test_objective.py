@@ -17,7 +17,7 @@ def _softmax(row, T):
 
 
 def _kl(p, q):
-    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q))
+    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q, strict=True))
 
 
 def _direct(student, teacher, ids, alpha, T, reduction):
@@ -61,8 +61,10 @@ def test_batchmean_reproduces_babyllama_code(batch):
     """The Baby Llama trainer: KLDivLoss(reduction="batchmean") on (B, T, V) log-probs, times T^2."""
     student, teacher, ids = batch
     T, alpha = 2.0, 0.5
-    kl_code = torch.nn.KLDivLoss(reduction="batchmean")(
-        torch.log_softmax(student / T, -1), torch.softmax(teacher / T, -1)) * T**2
+    kl_code = (
+        torch.nn.KLDivLoss(reduction="batchmean")(torch.log_softmax(student / T, -1), torch.softmax(teacher / T, -1))
+        * T**2
+    )
     ce_code = torch.nn.functional.cross_entropy(student[:, :-1].reshape(-1, 7), ids[:, 1:].reshape(-1))
     loss, _ = DistillationObjective(alpha, T, "batchmean")(student, ids, teacher)
     torch.testing.assert_close(loss, alpha * ce_code + (1 - alpha) * kl_code)
@@ -91,11 +93,21 @@ def test_empty_mask_gives_zero_not_nan(batch):
 def test_kl_is_zero_for_identical_logits_and_matches_torch(batch):
     student, teacher, _ = batch
     assert forward_kl(student, student, temperature=2.0).item() == pytest.approx(0.0, abs=1e-6)
-    ref = torch.nn.functional.kl_div(torch.log_softmax(student, -1), torch.log_softmax(teacher, -1),
-                                     log_target=True, reduction="none").sum(-1).mean()
+    ref = (
+        torch.nn.functional.kl_div(
+            torch.log_softmax(student, -1), torch.log_softmax(teacher, -1), log_target=True, reduction="none"
+        )
+        .sum(-1)
+        .mean()
+    )
     torch.testing.assert_close(forward_kl(student, teacher), ref)
-    ref_rev = torch.nn.functional.kl_div(torch.log_softmax(teacher, -1), torch.log_softmax(student, -1),
-                                         log_target=True, reduction="none").sum(-1).mean()
+    ref_rev = (
+        torch.nn.functional.kl_div(
+            torch.log_softmax(teacher, -1), torch.log_softmax(student, -1), log_target=True, reduction="none"
+        )
+        .sum(-1)
+        .mean()
+    )
     torch.testing.assert_close(reverse_kl(student, teacher), ref_rev)
 
 

@@ -31,8 +31,9 @@ def _data():
     return BlockDataset(tokens.astype(np.uint16), T, seed=5), torch.from_numpy(tokens[:64].astype(np.int64)).view(4, T)
 
 
-CFG = TrainConfig(epochs=2, batch_size=8, lr=3e-3, warmup_steps=3, save_every_steps=5, log_every_steps=1,
-                  grad_accum_steps=2)
+CFG = TrainConfig(
+    epochs=2, batch_size=8, lr=3e-3, warmup_steps=3, save_every_steps=5, log_every_steps=1, grad_accum_steps=2
+)
 
 
 def _weights(folder):
@@ -49,21 +50,32 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(TrainingInterrupted, match="interrupted at step 7") as info:
-        train(_model(), blocks, dev, CFG, tmp_path / "cut", objective=DistillationObjective.language_modeling(),
-              on_step=ctrl_c)
+        train(
+            _model(),
+            blocks,
+            dev,
+            CFG,
+            tmp_path / "cut",
+            objective=DistillationObjective.language_modeling(),
+            on_step=ctrl_c,
+        )
     assert info.value.checkpoint.name == "step-0000007"
     assert not (tmp_path / "cut" / "final").exists()
     # a fresh process would build a fresh model: different init seed must not matter, weights come from the checkpoint
-    resumed = train(_model(seed=123), blocks, dev, CFG, tmp_path / "cut",
-                    objective=DistillationObjective.language_modeling())
+    resumed = train(
+        _model(seed=123), blocks, dev, CFG, tmp_path / "cut", objective=DistillationObjective.language_modeling()
+    )
     assert resumed.steps == full.steps
     a, b = _weights(full.final_dir), _weights(resumed.final_dir)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
     assert resumed.dev_losses == pytest.approx(full.dev_losses, abs=1e-6)
-    steps = [json.loads(x)["step"] for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
-             if "event" not in json.loads(x)]
+    steps = [
+        json.loads(x)["step"]
+        for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+        if "event" not in json.loads(x)
+    ]
     assert steps == sorted(set(steps)), "metrics after resume must not repeat steps"
     assert len(list((tmp_path / "cut" / "checkpoints").glob("step-*"))) <= 2
 

@@ -341,7 +341,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 value = float(value)
             except ValueError:
                 pass
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"expected a number, got {value!r}")
+        _check(
+            isinstance(value, (int, float)) and not isinstance(value, bool), key, f"expected a number, got {value!r}"
+        )
         return float(value)
     if inner is str:
         _check(isinstance(value, str), key, f"expected a string, got {value!r}")

@@ -30,7 +30,9 @@ def build_model(
         cfg (ModelConfig): architecture sizes (or a checkpoint path).
         vocab_size (int): V, the tokenizer's vocabulary size.
         block_size (int): context length (positions).
-        bos_id, eos_id, pad_id (int): special token ids written into the model config.
+        bos_id (int): start token id, written into the model config.
+        eos_id (int): end token id.
+        pad_id (int): padding token id.
 
     Returns:
         PreTrainedModel: a ``GPT2LMHeadModel`` or ``LlamaForCausalLM`` in train mode, float32.

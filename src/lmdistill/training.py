@@ -286,9 +286,13 @@ def train(
                     bar.set_postfix(loss=f"{terms_sum['loss']:.3f}")
                     if step % cfg.log_every_steps == 0 or step == num_steps:
                         metrics.write(
-                            {"step": step, "epoch": round(epoch + (step - done_before) / epoch_steps, 4),
-                             **{k: round(v, 6) for k, v in terms_sum.items()},
-                             "lr": scheduler.get_last_lr()[0], "tokens": step * cfg.batch_size * blocks.block_size}
+                            {
+                                "step": step,
+                                "epoch": round(epoch + (step - done_before) / epoch_steps, 4),
+                                **{k: round(v, 6) for k, v in terms_sum.items()},
+                                "lr": scheduler.get_last_lr()[0],
+                                "tokens": step * cfg.batch_size * blocks.block_size,
+                            }
                         )
                     if on_step is not None:
                         on_step(step)

@@ -101,7 +101,9 @@ def reverse_kl(
     Same arguments, shapes and reductions as ``forward_kl``; ``KL = sum_v p_s(v) * (log p_s(v) - log p_t(v))``.
     """
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student_logits {tuple(student_logits.shape)} != teacher_logits {tuple(teacher_logits.shape)}")
+        raise ValueError(
+            f"student_logits {tuple(student_logits.shape)} != teacher_logits {tuple(teacher_logits.shape)}"
+        )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)

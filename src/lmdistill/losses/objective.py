@@ -106,8 +106,6 @@ class DistillationObjective:
             kl = forward_kl(student_logits, teacher_logits, temperature=T, mask=mask, reduction="batchmean")
         else:
             mask = labels[:, 1:] != IGNORE_INDEX
-            kl = forward_kl(
-                student_logits[:, :-1], teacher_logits[:, :-1], temperature=T, mask=mask, reduction="mean"
-            )
+            kl = forward_kl(student_logits[:, :-1], teacher_logits[:, :-1], temperature=T, mask=mask, reduction="mean")
         loss = self.alpha * ce + (1.0 - self.alpha) * T**2 * kl
         return loss, {"loss": loss.item(), "ce": ce.item(), "kl": kl.item()}

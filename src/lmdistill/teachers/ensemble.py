@@ -44,7 +44,9 @@ class TeacherEnsemble:
             raise ValueError(f"ensemble rule must be one of {ENSEMBLE_RULES}, got {rule!r}")
         sizes = {getattr(t.config, "vocab_size", None) for t in teachers}
         if len(sizes) != 1:
-            raise ValueError(f"teachers have different vocabulary sizes {sorted(map(str, sizes))}: they must share one tokenizer")
+            raise ValueError(
+                f"teachers have different vocabulary sizes {sorted(map(str, sizes))}: they must share one tokenizer"
+            )
         self.teachers = [freeze(t) for t in teachers]
         self.rule = rule
         self.vocab_size = sizes.pop()
