@@ -1,0 +1,155 @@
+"""The ``lmdistill`` command: each subcommand calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["build_parser", "main"]
+
+DEFAULT_RECIPE = "babyllama-cpu"
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from lmdistill.config import load_recipe
+    from lmdistill.pipeline import run_experiment
+
+    if args.resume and args.recipe is None:
+        recipe_file = Path(args.run_dir) / "recipe.yaml"
+        if not recipe_file.is_file():
+            print(f"error: --resume {args.run_dir}: no recipe.yaml there, so it is not a run folder", file=sys.stderr)
+            return 2
+        recipe = load_recipe(str(recipe_file), args.overrides)
+    else:
+        recipe = load_recipe(args.recipe or DEFAULT_RECIPE, args.overrides)
+    run_dir = Path(args.run_dir or Path("runs") / recipe.name)
+    print(f"lmdistill run: recipe {recipe.name}, run folder {run_dir}")
+    results = run_experiment(recipe, run_dir, data_root=args.data_root, resume=args.resume, cache_dir=args.cache_dir)
+    print(f"done in {results['wall_time_s']:.0f} s: {run_dir / 'report.md'}")
+    for name, entry in results["models"].items():
+        blimp = entry.get("blimp", {}).get("overall")
+        dev = entry.get("dev_loss")
+        print(
+            f"  {name:16s} {entry['role']:9s} params {entry['num_parameters']:>12,d}"
+            f"  dev loss {dev if dev is None else f'{dev:.3f}'}"
+            f"  BLiMP {'-' if blimp is None else f'{100 * blimp:.1f}%'}"
+        )
+    return 0
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from lmdistill.config import list_recipes, load_recipe, recipe_path, to_yaml
+
+    if args.action == "ls":
+        for name, description in list_recipes().items():
+            print(f"{name:20s} {description}")
+        return 0
+    if args.target is None:
+        print(f"error: recipes {args.action} needs a recipe name or file", file=sys.stderr)
+        return 2
+    if args.action == "show":
+        print(
+            recipe_path(args.target).read_text(encoding="utf-8")
+            if not args.resolved
+            else to_yaml(load_recipe(args.target, args.overrides)),
+            end="",
+        )
+        return 0
+    from lmdistill.pipeline import validate_recipe_data
+
+    recipe = load_recipe(args.target, args.overrides)
+    problems = validate_recipe_data(recipe, args.data_root)
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    print(f"{args.target}: valid recipe {recipe.name!r}" + (" (data problems above)" if problems else ""))
+    return 1 if problems else 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from lmdistill.reporting.report import compare_runs, write_report
+
+    for run_dir in args.run_dirs:
+        print(f"wrote {write_report(Path(run_dir))}")
+    if len(args.run_dirs) > 1:
+        table = compare_runs([Path(p) for p in args.run_dirs])
+        if args.output:
+            from lmdistill.atomic import write_text
+
+            write_text(args.output, table)
+            print(f"wrote {args.output}")
+        print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``lmdistill`` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="lmdistill",
+        description="Knowledge distillation of language models: run recipes, inspect them, and report results.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser(
+        "run",
+        help="run (or resume) a whole experiment from a recipe",
+        description="Run a recipe end to end: tokenizer, teachers, baseline, distilled student, BLiMP, report. "
+        "Overrides are KEY.PATH=VALUE, e.g. student.train.epochs=2 teachers.0.train.lr=1e-4.",
+    )
+    run.add_argument("recipe", nargs="?", help=f"packaged recipe name or YAML file (default: {DEFAULT_RECIPE})")
+    run.add_argument("overrides", nargs="*", help="KEY.PATH=VALUE overrides applied before validation")
+    run.add_argument("--run-dir", help="run folder (default: runs/<recipe name>)")
+    run.add_argument("--resume", action="store_true", help="continue the run folder: skip finished stages")
+    run.add_argument("--data-root", help="data folder (default: $LMDISTILL_DATA, else ../shared/data)")
+    run.add_argument("--cache-dir", help="token cache folder (default: $LMDISTILL_CACHE, else ~/.cache/lmdistill)")
+    run.set_defaults(handler=_cmd_run)
+
+    recipes = sub.add_parser("recipes", help="list, show or validate recipes")
+    recipes.add_argument("action", choices=["ls", "show", "validate"])
+    recipes.add_argument("target", nargs="?", help="recipe name or YAML file")
+    recipes.add_argument("overrides", nargs="*", help="KEY.PATH=VALUE overrides")
+    recipes.add_argument("--resolved", action="store_true", help="show: print the recipe with defaults filled in")
+    recipes.add_argument("--data-root", help="validate: also check that the recipe's data files exist here")
+    recipes.set_defaults(handler=_cmd_recipes)
+
+    report = sub.add_parser("report", help="rebuild report.md and plots of run folders; compare several runs")
+    report.add_argument("run_dirs", nargs="+", help="run folders holding results.json")
+    report.add_argument("--output", help="with several runs: also write the comparison table here")
+    report.set_defaults(handler=_cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lmdistill`` console command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("httpx", "urllib3", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # per-save "Writing model shards" bars drown the run's own
+    transformers.utils.logging.set_verbosity_warning()
+    from lmdistill.config import ConfigError
+    from lmdistill.pipeline import RunFolderError
+    from lmdistill.training import NonFiniteLossError, TrainingInterrupted
+
+    try:
+        return args.handler(args)
+    except TrainingInterrupted as err:
+        run_dir = getattr(args, "run_dir", None) or "RUN_DIR"
+        print(f"\ninterrupted: {err}. Resume with: lmdistill run --resume --run-dir {run_dir}", file=sys.stderr)
+        return 130
+    except (ConfigError, RunFolderError, NonFiniteLossError, FileNotFoundError, KeyError, ValueError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
+        return 2 if not isinstance(err, NonFiniteLossError) else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

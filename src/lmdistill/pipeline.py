@@ -1,0 +1,370 @@
+"""``lmdistill run``: one Baby Llama experiment from a recipe, stage by stage, resumable from its run folder.
+
+data -> tokenizer -> teachers -> baseline (no KD) -> distilled student -> BLiMP -> results.json -> report.
+
+Run folder::
+
+    RUN/recipe.yaml            resolved recipe (a resumed run must match it)
+    RUN/tokenizer/             the shared BPE tokenizer (transformers folder)
+    RUN/models/<name>/         per model: checkpoints/, final/ (HF folder), metrics.jsonl, tb/, blimp.json
+    RUN/results.json, RUN/report.md, RUN/plots/*.png
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from transformers import PreTrainedTokenizerBase
+
+import lmdistill
+from lmdistill.atomic import write_json, write_text
+from lmdistill.config import ModelConfig, RecipeConfig, TrainConfig, from_dict, to_dict, to_yaml
+from lmdistill.data.blocks import BlockDataset, dev_blocks
+from lmdistill.data.corpus import file_sha256, load_corpus, source_files
+from lmdistill.data.root import resolve_data_root
+from lmdistill.data.tokenizer import load_tokenizer, save_tokenizer, tokenizer_fingerprint, train_tokenizer
+from lmdistill.data.tokens import tokenize_documents
+from lmdistill.evaluation.blimp import evaluate_blimp, load_blimp
+from lmdistill.evaluation.scoring import hf_logits_fn
+from lmdistill.losses.objective import DistillationObjective
+from lmdistill.models import build_model, count_parameters, format_count, load_model
+from lmdistill.teachers.ensemble import TeacherEnsemble
+from lmdistill.training import evaluate_dev_loss, train
+
+__all__ = ["CORPUS_NOTE", "RunFolderError", "default_cache_dir", "run_experiment", "validate_recipe_data"]
+
+log = logging.getLogger(__name__)
+
+CORPUS_NOTE = (
+    "BabyLM-style mixture of public English sources (child-directed speech, fiction, news, dialogue, reviews); "
+    "not the BabyLM corpus itself."
+)
+
+
+class RunFolderError(RuntimeError):
+    """The run folder cannot be used as asked (exists without --resume, or holds a different recipe)."""
+
+
+@dataclass
+class _Data:
+    tokenizer: PreTrainedTokenizerBase
+    train: BlockDataset
+    dev: torch.Tensor
+    info: dict[str, Any]
+
+
+def default_cache_dir() -> Path:
+    """Token cache folder: ``LMDISTILL_CACHE``, else ``~/.cache/lmdistill``."""
+    return Path(os.environ.get("LMDISTILL_CACHE", Path.home() / ".cache" / "lmdistill"))
+
+
+def _prepare_run_folder(recipe: RecipeConfig, run_dir: Path, resume: bool) -> None:
+    saved = run_dir / "recipe.yaml"
+    if saved.exists():
+        if not resume:
+            raise RunFolderError(
+                f"run folder {run_dir} already holds a run: resume it with --resume, or choose another --run-dir"
+            )
+        old = to_dict(from_dict(RecipeConfig, yaml.safe_load(saved.read_text())))
+        new = to_dict(recipe)
+        if old != new:
+            diffs = [k for k in _flat(new) if _flat(old).get(k) != _flat(new)[k]] + [
+                k for k in _flat(old) if k not in _flat(new)
+            ]
+            raise RunFolderError(
+                f"{saved} differs from the recipe being resumed at: {', '.join(diffs)}; resume with the same recipe "
+                "and overrides, or start a new run folder"
+            )
+    elif resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise RunFolderError(f"--resume: {run_dir} has no recipe.yaml, so it is not a run folder")
+    write_text(saved, to_yaml(recipe))
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        return {k: v for key, val in d.items() for k, v in _flat(val, f"{prefix}{key}.").items()}
+    if isinstance(d, list):
+        return {k: v for i, val in enumerate(d) for k, v in _flat(val, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): d}
+
+
+def _prepare_data(recipe: RecipeConfig, run_dir: Path, data_root: Path, cache_dir: Path) -> _Data:
+    sources = recipe.data.sources
+    train_docs = load_corpus(data_root, sources, "train")
+    dev_docs = load_corpus(data_root, sources, "dev")
+    tok_dir = run_dir / "tokenizer"
+    if (tok_dir / "tokenizer.json").exists():
+        tokenizer = load_tokenizer(tok_dir)
+    else:
+        log.info(
+            "training a %d-token BPE tokenizer on %d train documents", recipe.tokenizer.vocab_size, len(train_docs)
+        )
+        tokenizer = train_tokenizer(train_docs, recipe.tokenizer.vocab_size, recipe.tokenizer.min_frequency)
+        save_tokenizer(tokenizer, tok_dir)
+        tokenizer = load_tokenizer(tok_dir)
+    tokenizer.model_max_length = recipe.data.block_size
+    train_tokens = tokenize_documents(train_docs, tokenizer, cache_dir / "tokens", "train")
+    dev_tokens = tokenize_documents(dev_docs, tokenizer, cache_dir / "tokens", "dev")
+    blocks = BlockDataset(
+        train_tokens, recipe.data.block_size, seed=recipe.seed, random_offset=recipe.data.random_offset
+    )
+    dev = dev_blocks(dev_tokens, recipe.data.block_size, recipe.data.dev_max_blocks)
+    files = {str(p.relative_to(data_root)): file_sha256(p) for p in source_files(data_root, sources)}
+    info = {
+        "root": str(data_root),
+        "files": files,
+        "train_tokens": int(len(train_tokens)),
+        "dev_tokens": int(len(dev_tokens)),
+        "num_train_blocks": len(blocks),
+        "num_dev_blocks": int(len(dev)),
+        "vocab_size": len(tokenizer),
+        "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
+        "corpus_note": CORPUS_NOTE,
+    }
+    log.info("data: %d train tokens (%d blocks), %d dev blocks", len(train_tokens), len(blocks), len(dev))
+    return _Data(tokenizer, blocks, dev, info)
+
+
+def _train_stage(
+    name: str,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    data: _Data,
+    recipe: RecipeConfig,
+    run_dir: Path,
+    objective: DistillationObjective,
+    teacher: TeacherEnsemble | None,
+    resume: bool,
+) -> dict[str, Any]:
+    stage = run_dir / "models" / name
+    final = stage / "final"
+    tok = data.tokenizer
+    if (final / "config.json").exists():
+        log.info("%s: already trained (%s)", name, final)
+        model = load_model(final)
+        dev_losses = _read_training_json(final).get("dev_losses", [])
+        train_time = None
+    else:
+        torch.manual_seed(recipe.seed)
+        model = build_model(
+            model_cfg,
+            vocab_size=len(tok),
+            block_size=recipe.data.block_size,
+            bos_id=tok.bos_token_id,
+            eos_id=tok.eos_token_id,
+            pad_id=tok.pad_token_id,
+        )
+        log.info("%s: %s %s parameters", name, model_cfg.arch, format_count(count_parameters(model)))
+        result = train(
+            model,
+            data.train,
+            data.dev,
+            train_cfg,
+            stage,
+            objective=objective,
+            teacher=teacher,
+            tokenizer=tok,
+            resume=resume,
+            desc=name,
+        )
+        model = load_model(result.final_dir)
+        dev_losses, train_time = result.dev_losses, result.train_time_s
+    return {
+        "model": model,
+        "entry": {
+            "arch": model.config.model_type,
+            "num_parameters": count_parameters(model),
+            "dev_loss": dev_losses[-1] if dev_losses else None,
+            "dev_losses": dev_losses,
+            "train_time_s": train_time,
+            "metrics_file": f"models/{name}/metrics.jsonl",
+        },
+    }
+
+
+def _read_training_json(final: Path) -> dict[str, Any]:
+    path = final / "training.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _check_shared_tokenizer(models: dict[str, Any], vocab_size: int) -> None:
+    for name, model in models.items():
+        if model.config.vocab_size != vocab_size:
+            raise ValueError(
+                f"{name} has vocab_size={model.config.vocab_size} but the run's tokenizer has {vocab_size}: "
+                "teachers and student must share one tokenizer"
+            )
+
+
+_BLIMP_PAIRS: dict[tuple, list] = {}
+
+
+def _load_blimp_once(data_root: Path, recipe: RecipeConfig) -> list:
+    key = (str(data_root), tuple(recipe.evaluation.blimp_paradigms or ()), recipe.evaluation.blimp_limit)
+    if key not in _BLIMP_PAIRS:
+        _BLIMP_PAIRS[key] = load_blimp(data_root, recipe.evaluation.blimp_paradigms, recipe.evaluation.blimp_limit)
+    return _BLIMP_PAIRS[key]
+
+
+def _blimp(name: str, logits_fn, data: _Data, recipe: RecipeConfig, data_root: Path, run_dir: Path) -> dict | None:
+    if not recipe.evaluation.blimp:
+        return None
+    cached = run_dir / "models" / name / "blimp.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    pairs = _load_blimp_once(data_root, recipe)
+    result = evaluate_blimp(
+        logits_fn, data.tokenizer, pairs, batch_size=recipe.evaluation.batch_size, progress=f"BLiMP {name}"
+    )
+    write_json(cached, result)
+    log.info("%s: BLiMP %.1f%% over %d pairs", name, 100 * result["overall"], result["num_pairs"])
+    return result
+
+
+def run_experiment(
+    recipe: RecipeConfig,
+    run_dir: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    resume: bool = False,
+    cache_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a whole Baby Llama experiment and write results.json, report.md and plots.
+
+    Args:
+        recipe (RecipeConfig): the validated recipe.
+        run_dir (str | Path): run folder; created if missing.
+        data_root (str | Path | None): data root (see ``resolve_data_root``).
+        resume (bool): continue a run folder: finished stages are skipped, an unfinished one resumes from its
+            latest checkpoint.
+        cache_dir (str | Path | None): token cache folder (default ``default_cache_dir()``).
+
+    Returns:
+        dict: the results written to ``RUN/results.json``.
+
+    Raises:
+        RunFolderError: the folder exists without ``resume`` or holds another recipe.
+        DataRootError, FileNotFoundError, ValueError: missing or empty data, tokenizer mismatch.
+        NonFiniteLossError, TrainingInterrupted: from training (the last good checkpoint is kept).
+    """
+    from lmdistill.reporting.report import write_report
+
+    start = time.time()
+    run_dir = Path(run_dir)
+    root = resolve_data_root(data_root)
+    _prepare_run_folder(recipe, run_dir, resume)
+    data = _prepare_data(recipe, run_dir, root, Path(cache_dir) if cache_dir else default_cache_dir())
+    vocab = len(data.tokenizer)
+    results: dict[str, Any] = {}
+    teachers = {}
+    lm = DistillationObjective.language_modeling()
+    for t in recipe.teachers:
+        if t.train is None:
+            model = load_model(t.model.path)
+            _check_shared_tokenizer({t.name: model}, vocab)
+            entry = {
+                "arch": model.config.model_type,
+                "num_parameters": count_parameters(model),
+                "dev_loss": None,
+                "dev_losses": [],
+                "train_time_s": None,
+                "metrics_file": None,
+            }
+            out = {"model": model, "entry": entry}
+            out["entry"]["dev_loss"] = evaluate_dev_loss(lambda ids, m=model: m(input_ids=ids).logits, data.dev)
+        else:
+            out = _train_stage(t.name, t.model, t.train, data, recipe, run_dir, lm, None, resume)
+        teachers[t.name] = out["model"]
+        results[t.name] = {"role": "teacher", **out["entry"]}
+    _check_shared_tokenizer(teachers, vocab)
+
+    ensemble = TeacherEnsemble(list(teachers.values()), rule=recipe.distillation.ensemble)
+    if len(teachers) > 1:
+        results["ensemble"] = {
+            "role": "ensemble",
+            "arch": "ensemble",
+            "rule": recipe.distillation.ensemble,
+            "members": list(teachers),
+            "num_parameters": sum(r["num_parameters"] for r in results.values()),
+            "dev_loss": evaluate_dev_loss(lambda ids: ensemble(ids), data.dev),
+            "dev_losses": [],
+            "train_time_s": None,
+            "metrics_file": None,
+        }
+    if recipe.baseline:
+        out = _train_stage(
+            "baseline", recipe.student.model, recipe.student.train, data, recipe, run_dir, lm, None, resume
+        )
+        results["baseline"] = {"role": "baseline", **out["entry"]}
+        baseline_model = out["model"]
+    kd = DistillationObjective.from_config(recipe.distillation)
+    out = _train_stage(
+        "student", recipe.student.model, recipe.student.train, data, recipe, run_dir, kd, ensemble, resume
+    )
+    results["student"] = {"role": "student", **out["entry"]}
+    student_model = out["model"]
+
+    logits_fns = {name: hf_logits_fn(m) for name, m in teachers.items()}
+    if "ensemble" in results:
+        logits_fns["ensemble"] = lambda ids, mask: ensemble(ids, mask)
+    if recipe.baseline:
+        logits_fns["baseline"] = hf_logits_fn(baseline_model)
+    logits_fns["student"] = hf_logits_fn(student_model)
+    for name, fn in logits_fns.items():
+        blimp = _blimp(name, fn, data, recipe, root, run_dir)
+        if blimp is not None:
+            results[name]["blimp"] = blimp
+
+    payload = {
+        "recipe_name": recipe.name,
+        "recipe": to_dict(recipe),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_time_s": round(time.time() - start, 1),
+        "versions": _versions(),
+        "data": data.info,
+        "models": results,
+    }
+    write_json(run_dir / "results.json", payload)
+    write_report(run_dir)
+    return payload
+
+
+def _versions() -> dict[str, str]:
+    import accelerate
+    import tokenizers
+    import transformers
+
+    return {
+        "lmdistill": lmdistill.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "tokenizers": tokenizers.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def validate_recipe_data(recipe: RecipeConfig, data_root: str | Path | None = None) -> list[str]:
+    """Check that every corpus file a recipe names exists under the data root; return the problems found."""
+    try:
+        root = resolve_data_root(data_root)
+    except FileNotFoundError as err:
+        return [str(err)]
+    problems = []
+    for s in recipe.data.sources:
+        for split in ("train", "dev"):
+            path = root / "corpus" / s.name / f"{split}.txt"
+            if not path.is_file():
+                problems.append(f"missing corpus file: {path}")
+    return problems

@@ -1,0 +1,51 @@
+"""The thin CLI: recipes ls/show/validate, and clear errors on bad input that leave nothing behind."""
+
+import pytest
+
+from lmdistill.cli import main
+
+
+def test_recipes_ls_and_show(capsys):
+    assert main(["recipes", "ls"]) == 0
+    out = capsys.readouterr().out
+    assert "babyllama-cpu" in out and "babyllama-smoke" in out and "babyllama " in out
+    assert main(["recipes", "show", "babyllama-smoke", "--resolved", "distillation.alpha=0.25"]) == 0
+    assert "alpha: 0.25" in capsys.readouterr().out
+
+
+def test_recipes_validate(tmp_path, capsys, data_root):
+    assert main(["recipes", "validate", "babyllama-cpu", "--data-root", str(data_root)]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndata: {sources: [{name: brown}], blok_size: 3}\n")
+    assert main(["recipes", "validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "data.blok_size: unknown key. Did you mean: block_size?" in err
+
+
+def test_help_explains(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "--resume" in capsys.readouterr().out
+
+
+def test_missing_and_empty_corpus_files_are_named(tmp_path, capsys):
+    root = tmp_path / "data"
+    (root / "corpus" / "childes").mkdir(parents=True)
+    (root / "corpus" / "childes" / "train.txt").write_text("")
+    (root / "corpus" / "childes" / "dev.txt").write_text("hello there.\n")
+    run_dir = tmp_path / "run"
+    args = ["run", "babyllama-smoke", "--run-dir", str(run_dir), "--data-root", str(root),
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(root / "corpus" / "childes" / "train.txt") in err
+    (root / "corpus" / "childes" / "train.txt").write_text("some words here.\n")
+    assert main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert str(root / "corpus" / "brown" / "train.txt") in err
+    assert not (run_dir / "results.json").exists() and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_missing_data_root_says_how_to_get_data(tmp_path, capsys):
+    assert main(["run", "babyllama-smoke", "--run-dir", str(tmp_path / "r"), "--data-root", str(tmp_path / "no")]) == 2
+    assert "does not exist" in capsys.readouterr().err

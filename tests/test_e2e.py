@@ -1,0 +1,88 @@
+"""End to end: `lmdistill run babyllama-smoke` on the real data, every output file checked, then resumed."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lmdistill.cli import main
+
+pytestmark = pytest.mark.slow
+
+MODELS = ["gpt2-teacher", "llama-teacher", "ensemble", "baseline", "student"]
+TRAINED = ["gpt2-teacher", "llama-teacher", "baseline", "student"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, data_root):
+    run_dir = tmp_path_factory.mktemp("run") / "smoke"
+    cache = tmp_path_factory.mktemp("cache")
+    code = main(["run", "babyllama-smoke", "--run-dir", str(run_dir), "--cache-dir", str(cache),
+                 "--data-root", str(data_root)])
+    assert code == 0
+    return run_dir, cache
+
+
+def test_run_writes_every_output(smoke_run):
+    run_dir, _ = smoke_run
+    assert (run_dir / "recipe.yaml").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+    for name in TRAINED:
+        stage = run_dir / "models" / name
+        final = stage / "final"
+        assert (final / "model.safetensors").is_file() and (final / "tokenizer.json").is_file()
+        model = AutoModelForCausalLM.from_pretrained(final)  # plain transformers loads it
+        assert model.config.vocab_size == len(tokenizer)
+        records = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
+        assert any("loss" in r for r in records) and any(r.get("event") == "dev" for r in records)
+        assert list((stage / "tb").glob("events.out.tfevents.*"))
+        assert (stage / "blimp.json").is_file()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert list(results["models"]) == MODELS
+    assert {"recipe", "versions", "data", "wall_time_s", "recipe_name"} <= set(results)
+    assert results["data"]["files"] and all(len(h) == 64 for h in results["data"]["files"].values())
+    for name in MODELS:
+        entry = results["models"][name]
+        assert entry["num_parameters"] > 0 and entry["dev_loss"] > 0
+        blimp = entry["blimp"]
+        assert blimp["num_pairs"] == 67 * 2 and 0.0 <= blimp["overall"] <= 1.0
+        assert len(blimp["per_paradigm"]) == 67 and set(blimp["per_field"]) >= {"syntax", "semantics", "morphology"}
+    teachers = [results["models"][n]["num_parameters"] for n in ("gpt2-teacher", "llama-teacher")]
+    assert results["models"]["ensemble"]["num_parameters"] == sum(teachers)
+    # the baseline and the student start from the same initialisation but train differently
+    assert results["models"]["baseline"]["dev_losses"] != results["models"]["student"]["dev_losses"]
+    report = (run_dir / "report.md").read_text()
+    for name in MODELS:
+        assert name in report
+    for png in ("training_curves.png", "blimp_fields.png"):
+        assert (run_dir / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_without_resume_is_refused_and_resume_reuses_everything(smoke_run, data_root, capsys):
+    run_dir, cache = smoke_run
+    args = ["run", "babyllama-smoke", "--run-dir", str(run_dir), "--cache-dir", str(cache),
+            "--data-root", str(data_root)]
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    before = json.loads((run_dir / "results.json").read_text())
+    weights = (run_dir / "models" / "student" / "final" / "model.safetensors").stat().st_mtime_ns
+    assert main([*args, "--resume"]) == 0
+    after = json.loads((run_dir / "results.json").read_text())
+    assert (run_dir / "models" / "student" / "final" / "model.safetensors").stat().st_mtime_ns == weights
+    for name in MODELS:
+        assert after["models"][name]["blimp"] == before["models"][name]["blimp"]
+        assert after["models"][name]["dev_loss"] == pytest.approx(before["models"][name]["dev_loss"])
+    # resuming with a different recipe is refused, naming the key that differs
+    assert main([*args, "--resume", "distillation.alpha=0.3"]) == 2
+    assert "distillation.alpha" in capsys.readouterr().err
+
+
+def test_report_command_rebuilds_and_compares(smoke_run, tmp_path, capsys):
+    run_dir, _ = smoke_run
+    (run_dir / "report.md").unlink()
+    out = tmp_path / "compare.md"
+    assert main(["report", str(run_dir), str(run_dir), "--output", str(out)]) == 0
+    assert (run_dir / "report.md").is_file()
+    assert "student" in out.read_text()
+    torch.manual_seed(0)  # keep later tests independent of this module's RNG use
