@@ -34,8 +34,16 @@ def test_missing_and_empty_corpus_files_are_named(tmp_path, capsys):
     (root / "corpus" / "childes" / "train.txt").write_text("")
     (root / "corpus" / "childes" / "dev.txt").write_text("hello there.\n")
     run_dir = tmp_path / "run"
-    args = ["run", "babyllama-smoke", "--run-dir", str(run_dir), "--data-root", str(root),
-            "--cache-dir", str(tmp_path / "cache")]
+    args = [
+        "run",
+        "babyllama-smoke",
+        "--run-dir",
+        str(run_dir),
+        "--data-root",
+        str(root),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert str(root / "corpus" / "childes" / "train.txt") in err

@@ -18,8 +18,9 @@ TRAINED = ["gpt2-teacher", "llama-teacher", "baseline", "student"]
 def smoke_run(tmp_path_factory, data_root):
     run_dir = tmp_path_factory.mktemp("run") / "smoke"
     cache = tmp_path_factory.mktemp("cache")
-    code = main(["run", "babyllama-smoke", "--run-dir", str(run_dir), "--cache-dir", str(cache),
-                 "--data-root", str(data_root)])
+    code = main(
+        ["run", "babyllama-smoke", "--run-dir", str(run_dir), "--cache-dir", str(cache), "--data-root", str(data_root)]
+    )
     assert code == 0
     return run_dir, cache
 
@@ -61,8 +62,16 @@ def test_run_writes_every_output(smoke_run):
 
 def test_rerun_without_resume_is_refused_and_resume_reuses_everything(smoke_run, data_root, capsys):
     run_dir, cache = smoke_run
-    args = ["run", "babyllama-smoke", "--run-dir", str(run_dir), "--cache-dir", str(cache),
-            "--data-root", str(data_root)]
+    args = [
+        "run",
+        "babyllama-smoke",
+        "--run-dir",
+        str(run_dir),
+        "--cache-dir",
+        str(cache),
+        "--data-root",
+        str(data_root),
+    ]
     assert main(args) == 2
     assert "--resume" in capsys.readouterr().err
     before = json.loads((run_dir / "results.json").read_text())

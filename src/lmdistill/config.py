@@ -260,6 +260,8 @@ class EvaluationConfig:
     """Pairs per paradigm (the first N); None = all 1,000."""
     blimp_paradigms: list[str] | None = None
     """Paradigm names (file stems) to evaluate; None = all 67."""
+    blimp_target_delimiter: str = " "
+    """Text before each BLiMP sentence: " " as lm-eval >= 0.4 scores it; "" as BabyLM 2023 / lm-eval 0.3."""
     batch_size: int = 64
     """Sentences per forward pass."""
 

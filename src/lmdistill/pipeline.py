@@ -12,11 +12,13 @@ Run folder::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -206,25 +208,21 @@ def _check_shared_tokenizer(models: dict[str, Any], vocab_size: int) -> None:
             )
 
 
-_BLIMP_PAIRS: dict[tuple, list] = {}
-
-
-def _load_blimp_once(data_root: Path, recipe: RecipeConfig) -> list:
-    key = (str(data_root), tuple(recipe.evaluation.blimp_paradigms or ()), recipe.evaluation.blimp_limit)
-    if key not in _BLIMP_PAIRS:
-        _BLIMP_PAIRS[key] = load_blimp(data_root, recipe.evaluation.blimp_paradigms, recipe.evaluation.blimp_limit)
-    return _BLIMP_PAIRS[key]
-
-
-def _blimp(name: str, logits_fn, data: _Data, recipe: RecipeConfig, data_root: Path, run_dir: Path) -> dict | None:
+def _blimp(
+    name: str, logits_fn, data: _Data, recipe: RecipeConfig, pairs: Callable[[], list], run_dir: Path
+) -> dict | None:
     if not recipe.evaluation.blimp:
         return None
     cached = run_dir / "models" / name / "blimp.json"
     if cached.exists():
         return json.loads(cached.read_text())
-    pairs = _load_blimp_once(data_root, recipe)
     result = evaluate_blimp(
-        logits_fn, data.tokenizer, pairs, batch_size=recipe.evaluation.batch_size, progress=f"BLiMP {name}"
+        logits_fn,
+        data.tokenizer,
+        pairs(),
+        batch_size=recipe.evaluation.batch_size,
+        progress=f"BLiMP {name}",
+        target_delimiter=recipe.evaluation.blimp_target_delimiter,
     )
     write_json(cached, result)
     log.info("%s: BLiMP %.1f%% over %d pairs", name, 100 * result["overall"], result["num_pairs"])
@@ -320,8 +318,11 @@ def run_experiment(
     if recipe.baseline:
         logits_fns["baseline"] = hf_logits_fn(baseline_model)
     logits_fns["student"] = hf_logits_fn(student_model)
+    blimp_pairs = functools.cache(
+        lambda: load_blimp(root, recipe.evaluation.blimp_paradigms, recipe.evaluation.blimp_limit)
+    )
     for name, fn in logits_fns.items():
-        blimp = _blimp(name, fn, data, recipe, root, run_dir)
+        blimp = _blimp(name, fn, data, recipe, blimp_pairs, run_dir)
         if blimp is not None:
             results[name]["blimp"] = blimp
 

@@ -1,0 +1,205 @@
+"""BLiMP minimal pairs (Warstadt et al., 2020, arXiv:1912.00582): loading and zero-shot accuracy.
+
+A pair is answered correctly when the model gives the grammatical sentence a higher total log-probability
+than the ungrammatical one, both scored from an empty context (see :func:`~lmdistill.evaluation.scoring.score_texts`).
+Data: ``<data_root>/blimp/<paradigm>.jsonl``, one JSON object per line with ``sentence_good``, ``sentence_bad``,
+``field``, ``linguistics_term``, ``UID`` and ``pairID``; the paradigms are whatever files are there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmdistill.data.root import resolve_data_root
+from lmdistill.evaluation.scoring import LogitsFn, score_texts
+from lmdistill.registry import did_you_mean
+
+__all__ = ["MinimalPair", "evaluate_blimp", "list_paradigms", "load_blimp"]
+
+logger = logging.getLogger(__name__)
+
+_REQUIRED_KEYS = ("sentence_good", "sentence_bad", "field", "linguistics_term")
+
+
+@dataclass(frozen=True)
+class MinimalPair:
+    """One BLiMP minimal pair.
+
+    Attributes:
+        paradigm (str): the file stem, e.g. "adjunct_island" (BLiMP's ``UID``).
+        field (str): "morphology", "syntax", "semantics" or "syntax_semantics".
+        linguistics_term (str): the phenomenon, e.g. "island_effects".
+        pair_id (str): ``pairID`` within the paradigm.
+        good (str): the grammatical sentence.
+        bad (str): the ungrammatical sentence.
+    """
+
+    paradigm: str
+    field: str
+    linguistics_term: str
+    pair_id: str
+    good: str
+    bad: str
+
+
+def _blimp_dir(data_root: str | os.PathLike[str] | None) -> Path:
+    folder = resolve_data_root(data_root) / "blimp"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"BLiMP folder not found: {folder} (expected <data_root>/blimp/<paradigm>.jsonl)")
+    return folder
+
+
+def list_paradigms(data_root: str | os.PathLike[str] | None = None) -> list[str]:
+    """Sorted names of the BLiMP paradigms found in ``<data_root>/blimp/*.jsonl``.
+
+    Args:
+        data_root (str | PathLike | None): the data root; None resolves it as
+            :func:`~lmdistill.data.root.resolve_data_root` does.
+
+    Returns:
+        list[str]: file stems, e.g. ["adjunct_island", "anaphor_gender_agreement", ...] (67 for full BLiMP).
+
+    Raises:
+        FileNotFoundError: the data root or its ``blimp`` folder does not exist, or holds no ``*.jsonl``.
+    """
+    folder = _blimp_dir(data_root)
+    names = sorted(path.stem for path in folder.glob("*.jsonl"))
+    if not names:
+        raise FileNotFoundError(f"no BLiMP paradigm files (*.jsonl) in {folder}")
+    return names
+
+
+def _parse_row(line: str, path: Path, line_no: int, paradigm: str) -> MinimalPair:
+    where = f"{path}:{line_no}"
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: malformed BLiMP row, not valid JSON ({err.msg})") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: malformed BLiMP row, expected a JSON object, got {type(row).__name__}")
+    missing = [key for key in _REQUIRED_KEYS if not isinstance(row.get(key), str)]
+    if missing:
+        raise ValueError(f"{where}: malformed BLiMP row, missing or non-string keys: {', '.join(missing)}")
+    return MinimalPair(
+        paradigm=paradigm,
+        # The release spells one paradigm's field "syntax/semantics" (principle_A_case_2), all others
+        # "syntax_semantics"; one spelling keeps it a single field.
+        field=row["field"].replace("/", "_"),
+        linguistics_term=row["linguistics_term"],
+        pair_id=str(row.get("pairID", line_no - 1)),
+        good=row["sentence_good"],
+        bad=row["sentence_bad"],
+    )
+
+
+def load_blimp(
+    data_root: str | os.PathLike[str] | None = None,
+    paradigms: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> list[MinimalPair]:
+    """Load BLiMP minimal pairs, the first ``limit`` of each paradigm, in paradigm then file order.
+
+    Args:
+        data_root (str | PathLike | None): the data root (holding ``blimp/``); None resolves it as
+            :func:`~lmdistill.data.root.resolve_data_root` does.
+        paradigms (Sequence[str] | None): paradigm names (file stems); None loads all of them.
+        limit (int | None): at most this many pairs per paradigm; None loads all (1,000 each in BLiMP).
+
+    Returns:
+        list[MinimalPair]: the pairs; blank lines are skipped.
+
+    Raises:
+        FileNotFoundError: the data root or ``<data_root>/blimp`` does not exist (the message names the path).
+        KeyError: an unknown paradigm name (the message suggests close names).
+        ValueError: ``limit`` < 0, or a malformed row (the message names ``file:line``).
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0 or None, got {limit}")
+    folder = _blimp_dir(data_root)
+    available = list_paradigms(data_root)
+    if paradigms is None:
+        names = available
+    else:
+        names = list(dict.fromkeys([paradigms] if isinstance(paradigms, str) else paradigms))
+        for name in names:
+            if name not in available:
+                raise KeyError(f"Unknown BLiMP paradigm '{name}' in {folder}.{did_you_mean(name, available)}")
+    pairs: list[MinimalPair] = []
+    for name in names:
+        path = folder / f"{name}.jsonl"
+        count = 0
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if limit is not None and count >= limit:
+                    break
+                if not line.strip():
+                    continue
+                pairs.append(_parse_row(line, path, line_no, name))
+                count += 1
+    logger.info("loaded %d BLiMP pairs from %d paradigms in %s", len(pairs), len(names), folder)
+    return pairs
+
+
+def _mean_by(keys: list[str], correct: list[bool]) -> dict[str, float]:
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for key, ok in zip(keys, correct, strict=True):
+        groups[key].append(ok)
+    return {key: sum(oks) / len(oks) for key, oks in sorted(groups.items())}
+
+
+def evaluate_blimp(
+    logits_fn: LogitsFn,
+    tokenizer: Any,
+    pairs: Sequence[MinimalPair],
+    *,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    progress: str | None = None,
+    target_delimiter: str = " ",
+) -> dict[str, Any]:
+    """Zero-shot BLiMP accuracy: a pair is correct when ``log P(good) > log P(bad)`` (a tie counts as wrong).
+
+    Both sentences are scored from an empty context (BOS, else EOS) with
+    :func:`~lmdistill.evaluation.scoring.score_texts`, in one length-sorted pass over all 2N sentences.
+
+    Args:
+        logits_fn (LogitsFn): ``(input_ids (B, T), attention_mask (B, T)) -> logits (B, T, V)``.
+        tokenizer (PreTrainedTokenizerBase): the model's tokenizer.
+        pairs (Sequence[MinimalPair]): N pairs, e.g. from :func:`load_blimp`.
+        batch_size (int): sentences per forward pass.
+        device (str | torch.device | None): where inputs go; default ``logits_fn.device``, else CPU.
+        progress (str | None): if given, the description of a tqdm progress bar.
+        target_delimiter (str): text put before each sentence. " " (default) reproduces lm-eval >= 0.4, whose
+            multiple-choice requests are ``("", target_delimiter + sentence)`` with the default delimiter " ";
+            "" scores the sentence as written, like the BabyLM 2023 pipeline and lm-eval 0.3.
+
+    Returns:
+        dict: ``overall`` (float, accuracy over all pairs in [0, 1]), ``macro_paradigm`` (float, mean of the
+        per-paradigm accuracies), ``per_field`` ({field: accuracy over that field's pairs}), ``per_paradigm``
+        ({paradigm: accuracy}), ``num_pairs`` (int). Keys of the dicts are sorted.
+
+    Raises:
+        ValueError: ``pairs`` is empty (or see :func:`~lmdistill.evaluation.scoring.score_texts`).
+    """
+    if not pairs:
+        raise ValueError("evaluate_blimp needs at least one minimal pair")
+    texts = [target_delimiter + s for pair in pairs for s in (pair.good, pair.bad)]
+    scores = score_texts(logits_fn, tokenizer, texts, batch_size=batch_size, device=device, progress=progress)
+    correct = [scores[2 * k] > scores[2 * k + 1] for k in range(len(pairs))]
+    per_paradigm = _mean_by([p.paradigm for p in pairs], correct)
+    return {
+        "overall": sum(correct) / len(correct),
+        "macro_paradigm": sum(per_paradigm.values()) / len(per_paradigm),
+        "per_field": _mean_by([p.field for p in pairs], correct),
+        "per_paradigm": per_paradigm,
+        "num_pairs": len(pairs),
+    }
