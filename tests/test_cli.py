@@ -57,3 +57,34 @@ def test_missing_and_empty_corpus_files_are_named(tmp_path, capsys):
 def test_missing_data_root_says_how_to_get_data(tmp_path, capsys):
     assert main(["run", "babyllama-smoke", "--run-dir", str(tmp_path / "r"), "--data-root", str(tmp_path / "no")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_teacher_with_another_tokenizer_is_refused(tmp_path, capsys, data_root):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmdistill.data.tokenizer import train_tokenizer
+
+    teacher_dir = tmp_path / "teacher"
+    tok = train_tokenizer(["a completely different corpus of words"] * 50, vocab_size=300)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+        )
+    ).save_pretrained(teacher_dir)
+    tok.save_pretrained(teacher_dir)
+    args = [
+        "run",
+        "babyllama-smoke",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--data-root",
+        str(data_root),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        f"teachers.0.model.path={teacher_dir}",
+        "teachers.0.train=null",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "gpt2-teacher" in err and str(teacher_dir) in err and "share one tokenizer" in err
+    assert not (tmp_path / "run" / "results.json").exists()

@@ -199,6 +199,35 @@ def _read_training_json(final: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _pretrained_teacher(name: str, path: Path, data: _Data, device: torch.device) -> dict[str, Any]:
+    """Load a teacher given by ``model.path`` (no training), check its tokenizer and measure its dev loss."""
+    _check_teacher_tokenizer(name, path, data)
+    model = load_model(path).to(device).eval()
+    _check_shared_tokenizer({name: model}, len(data.tokenizer))
+    dev_loss = evaluate_dev_loss(lambda ids: model(input_ids=ids.to(device)).logits, data.dev)
+    entry = {
+        "arch": model.config.model_type,
+        "num_parameters": count_parameters(model),
+        "dev_loss": dev_loss,
+        "dev_losses": [],
+        "train_time_s": None,
+        "metrics_file": None,
+        "path": str(path),
+    }
+    return {"model": model, "entry": entry}
+
+
+def _check_teacher_tokenizer(name: str, path: Path, data: _Data) -> None:
+    """A teacher checkpoint saved with a tokenizer must use exactly the run's tokenizer."""
+    if not (path / "tokenizer.json").is_file():
+        return
+    if tokenizer_fingerprint(load_tokenizer(path)) != data.info["tokenizer_sha256"]:
+        raise ValueError(
+            f"teacher {name}: the tokenizer saved in {path} differs from this run's tokenizer: teachers and student "
+            "must share one tokenizer (train the teacher in a run with the same data and tokenizer settings)"
+        )
+
+
 def _check_shared_tokenizer(models: dict[str, Any], vocab_size: int) -> None:
     for name, model in models.items():
         if model.config.vocab_size != vocab_size:
@@ -263,30 +292,20 @@ def run_experiment(
     _prepare_run_folder(recipe, run_dir, resume)
     data = _prepare_data(recipe, run_dir, root, Path(cache_dir) if cache_dir else default_cache_dir())
     vocab = len(data.tokenizer)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results: dict[str, Any] = {}
     teachers = {}
     lm = DistillationObjective.language_modeling()
     for t in recipe.teachers:
         if t.train is None:
-            model = load_model(t.model.path)
-            _check_shared_tokenizer({t.name: model}, vocab)
-            entry = {
-                "arch": model.config.model_type,
-                "num_parameters": count_parameters(model),
-                "dev_loss": None,
-                "dev_losses": [],
-                "train_time_s": None,
-                "metrics_file": None,
-            }
-            out = {"model": model, "entry": entry}
-            out["entry"]["dev_loss"] = evaluate_dev_loss(lambda ids, m=model: m(input_ids=ids).logits, data.dev)
+            out = _pretrained_teacher(t.name, Path(t.model.path), data, device)
         else:
             out = _train_stage(t.name, t.model, t.train, data, recipe, run_dir, lm, None, resume)
         teachers[t.name] = out["model"]
         results[t.name] = {"role": "teacher", **out["entry"]}
     _check_shared_tokenizer(teachers, vocab)
 
-    ensemble = TeacherEnsemble(list(teachers.values()), rule=recipe.distillation.ensemble)
+    ensemble = TeacherEnsemble(list(teachers.values()), rule=recipe.distillation.ensemble).to(device)
     if len(teachers) > 1:
         results["ensemble"] = {
             "role": "ensemble",
@@ -294,7 +313,7 @@ def run_experiment(
             "rule": recipe.distillation.ensemble,
             "members": list(teachers),
             "num_parameters": sum(r["num_parameters"] for r in results.values()),
-            "dev_loss": evaluate_dev_loss(lambda ids: ensemble(ids), data.dev),
+            "dev_loss": evaluate_dev_loss(lambda ids: ensemble(ids.to(device)), data.dev),
             "dev_losses": [],
             "train_time_s": None,
             "metrics_file": None,
@@ -312,12 +331,12 @@ def run_experiment(
     results["student"] = {"role": "student", **out["entry"]}
     student_model = out["model"]
 
-    logits_fns = {name: hf_logits_fn(m) for name, m in teachers.items()}
+    logits_fns = {name: hf_logits_fn(m.to(device)) for name, m in teachers.items()}
     if "ensemble" in results:
-        logits_fns["ensemble"] = lambda ids, mask: ensemble(ids, mask)
+        logits_fns["ensemble"] = ensemble  # (input_ids, attention_mask) -> averaged logits at T = 1
     if recipe.baseline:
-        logits_fns["baseline"] = hf_logits_fn(baseline_model)
-    logits_fns["student"] = hf_logits_fn(student_model)
+        logits_fns["baseline"] = hf_logits_fn(baseline_model.to(device))
+    logits_fns["student"] = hf_logits_fn(student_model.to(device))
     blimp_pairs = functools.cache(
         lambda: load_blimp(root, recipe.evaluation.blimp_paradigms, recipe.evaluation.blimp_limit)
     )

@@ -78,7 +78,8 @@ def evaluate_dev_loss(logits_fn: Callable[[Tensor], Tensor], dev: Tensor, batch_
     total, count = 0.0, 0
     for i in range(0, len(dev), batch_size):
         ids = dev[i : i + batch_size]
-        total += causal_lm_ce(logits_fn(ids), ids).item() * len(ids)
+        logits = logits_fn(ids)  # (b, T, V), on the model's device
+        total += causal_lm_ce(logits, ids.to(logits.device)).item() * len(ids)
         count += len(ids)
     return total / max(count, 1)
 
@@ -284,6 +285,8 @@ def train(
                     step += 1
                     bar.update(1)
                     bar.set_postfix(loss=f"{terms_sum['loss']:.3f}")
+                    if bar.disable and step % max(1, num_steps // 10) == 0:  # no TTY: a log line every 10%
+                        log.info("%s: step %d/%d, loss %.4f", desc, step, num_steps, terms_sum["loss"])
                     if step % cfg.log_every_steps == 0 or step == num_steps:
                         metrics.write(
                             {

@@ -50,6 +50,17 @@ class TeacherEnsemble:
         self.teachers = [freeze(t) for t in teachers]
         self.rule = rule
         self.vocab_size = sizes.pop()
+        windows = [
+            getattr(t.config, "max_position_embeddings", None) or getattr(t.config, "n_positions", None)
+            for t in teachers
+        ]
+        self.max_length: int | None = min((w for w in windows if w), default=None)
+        """Shortest context window among the teachers (read by the evaluation scorer)."""
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the first teacher (all teachers are moved together by ``to``)."""
+        return next(self.teachers[0].parameters()).device
 
     def to(self, device: torch.device | str) -> TeacherEnsemble:
         """Move every teacher to ``device``."""
