@@ -77,12 +77,10 @@ def _prepare_run_folder(recipe: RecipeConfig, run_dir: Path, resume: bool) -> No
             raise RunFolderError(
                 f"run folder {run_dir} already holds a run: resume it with --resume, or choose another --run-dir"
             )
-        old = to_dict(from_dict(RecipeConfig, yaml.safe_load(saved.read_text())))
-        new = to_dict(recipe)
-        if old != new:
-            diffs = [k for k in _flat(new) if _flat(old).get(k) != _flat(new)[k]] + [
-                k for k in _flat(old) if k not in _flat(new)
-            ]
+        old = _flat(to_dict(from_dict(RecipeConfig, yaml.safe_load(saved.read_text()))))
+        new = _flat(to_dict(recipe))
+        diffs = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if diffs:
             raise RunFolderError(
                 f"{saved} differs from the recipe being resumed at: {', '.join(diffs)}; resume with the same recipe "
                 "and overrides, or start a new run folder"

@@ -50,6 +50,20 @@ def reduce_per_token(per_token: Tensor, mask: Tensor | None, reduction: Reductio
     raise ValueError(f"reduction must be 'mean', 'sum', 'batchmean' or 'none', got {reduction!r}")
 
 
+def _tempered_log_probs(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """``log_softmax(logits / T)`` of student and teacher in float32, after checking shapes and T."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student_logits {tuple(student_logits.shape)} and teacher_logits {tuple(teacher_logits.shape)} differ: "
+            "teachers and student must share a tokenizer (same vocabulary size)"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return log_p_s, log_p_t
+
+
 def forward_kl(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -75,15 +89,7 @@ def forward_kl(
     Raises:
         ValueError: mismatched shapes or a non-positive temperature.
     """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student_logits {tuple(student_logits.shape)} and teacher_logits {tuple(teacher_logits.shape)} differ: "
-            "teachers and student must share a tokenizer (same vocabulary size)"
-        )
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (..., V)
-    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)  # (..., V)
+    log_p_s, log_p_t = _tempered_log_probs(student_logits, teacher_logits, temperature)  # (..., V) each
     per_token = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)  # (...)
     return reduce_per_token(per_token, mask, reduction)
 
@@ -100,13 +106,6 @@ def reverse_kl(
 
     Same arguments, shapes and reductions as ``forward_kl``; ``KL = sum_v p_s(v) * (log p_s(v) - log p_t(v))``.
     """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student_logits {tuple(student_logits.shape)} != teacher_logits {tuple(teacher_logits.shape)}"
-        )
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    log_p_s, log_p_t = _tempered_log_probs(student_logits, teacher_logits, temperature)  # (..., V) each
     per_token = (log_p_s.exp() * (log_p_s - log_p_t)).sum(-1)
     return reduce_per_token(per_token, mask, reduction)
