@@ -39,8 +39,9 @@ def test_evaluate_blimp_agrees_with_pairwise_scores(data_root, tiny_llama, tiny_
     fn = hf_logits_fn(tiny_llama)
     result = evaluate_blimp(fn, tiny_tokenizer, pairs, batch_size=7)
 
-    good = score_texts(fn, tiny_tokenizer, [p.good for p in pairs], batch_size=64)
-    bad = score_texts(fn, tiny_tokenizer, [p.bad for p in pairs], batch_size=64)
+    # lm-eval >= 0.4 requests ("", " " + sentence): the target delimiter belongs to the scored continuation
+    good = score_texts(fn, tiny_tokenizer, [" " + p.good for p in pairs], batch_size=64)
+    bad = score_texts(fn, tiny_tokenizer, [" " + p.bad for p in pairs], batch_size=64)
     correct = [g > b for g, b in zip(good, bad, strict=True)]
     by_paradigm, by_field = defaultdict(list), defaultdict(list)
     for pair, ok in zip(pairs, correct, strict=True):
@@ -120,3 +121,14 @@ def test_missing_folder_names_the_path(tmp_path):
         load_blimp(tmp_path)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         list_paradigms(tmp_path / "nowhere")
+
+
+def test_empty_target_delimiter_scores_sentences_as_written(data_root, tiny_llama, tiny_tokenizer):
+    pairs = load_blimp(data_root, PARADIGMS, limit=5)
+    fn = hf_logits_fn(tiny_llama)
+    good = score_texts(fn, tiny_tokenizer, [p.good for p in pairs])
+    bad = score_texts(fn, tiny_tokenizer, [p.bad for p in pairs])
+    as_written = evaluate_blimp(fn, tiny_tokenizer, pairs, target_delimiter="")
+    assert as_written["overall"] == pytest.approx(sum(g > b for g, b in zip(good, bad, strict=True)) / len(pairs))
+    spaced = score_texts(fn, tiny_tokenizer, [" " + pairs[0].good])
+    assert spaced[0] != pytest.approx(good[0]), "the delimiter must change what is scored"
