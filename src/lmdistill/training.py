@@ -250,6 +250,32 @@ def train(
     def dev_logits(ids: Tensor) -> Tensor:
         return model(input_ids=ids.to(accelerator.device)).logits
 
+    def optimizer_step(batch: Tensor) -> dict[str, float]:
+        """One optimizer step over a (B, T) batch in micro-batches; returns the loss terms averaged over them."""
+        terms_sum: dict[str, float] = {}
+        for ids in batch.split(micro):
+            ids = ids.to(accelerator.device)
+            with accelerator.autocast():
+                student_logits = model(input_ids=ids).logits  # (b, T, V)
+                teacher_logits = teacher(ids, temperature=objective.temperature) if objective.needs_teacher else None
+                loss, terms = objective(student_logits, ids, teacher_logits)
+            if not math.isfinite(terms["loss"]):
+                raise NonFiniteLossError(
+                    f"{desc}: loss is {terms['loss']} at step {step + 1} (terms {terms}); stopped. "
+                    f"Last good checkpoint: {last_ckpt or 'none saved yet'}"
+                )
+            accelerator.backward(loss / cfg.grad_accum_steps)
+            for k, v in terms.items():
+                terms_sum[k] = terms_sum.get(k, 0.0) + v / cfg.grad_accum_steps
+            del student_logits, teacher_logits, loss  # free (b, T, V) logits before the next micro-batch
+        if cfg.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return terms_sum
+
+    window: dict[str, list[float]] = {}  # loss terms since the last metrics line, logged as their mean
     try:
         with _InterruptFlag() as interrupt:
             done_before = 0  # optimizer steps in the epochs before `epoch`
@@ -259,44 +285,25 @@ def train(
                     done_before += epoch_steps
                     continue
                 for batch in blocks.epoch_batches(epoch, cfg.batch_size, skip=step - done_before):
-                    terms_sum: dict[str, float] = {}
-                    for ids in batch.split(micro):
-                        ids = ids.to(accelerator.device)
-                        with accelerator.autocast():
-                            student_logits = model(input_ids=ids).logits  # (b, T, V)
-                            teacher_logits = (
-                                teacher(ids, temperature=objective.temperature) if objective.needs_teacher else None
-                            )
-                            loss, terms = objective(student_logits, ids, teacher_logits)
-                        if not math.isfinite(terms["loss"]):
-                            raise NonFiniteLossError(
-                                f"{desc}: loss is {terms['loss']} at step {step + 1} (terms {terms}); stopped. "
-                                f"Last good checkpoint: {last_ckpt or 'none saved yet'}"
-                            )
-                        accelerator.backward(loss / cfg.grad_accum_steps)
-                        for k, v in terms.items():
-                            terms_sum[k] = terms_sum.get(k, 0.0) + v / cfg.grad_accum_steps
-                        del student_logits, teacher_logits, loss
-                    if cfg.max_grad_norm is not None:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    terms = optimizer_step(batch)
                     step += 1
+                    for k, v in terms.items():
+                        window.setdefault(k, []).append(v)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{terms_sum['loss']:.3f}")
+                    bar.set_postfix(loss=f"{terms['loss']:.3f}")
                     if bar.disable and step % max(1, num_steps // 10) == 0:  # no TTY: a log line every 10%
-                        log.info("%s: step %d/%d, loss %.4f", desc, step, num_steps, terms_sum["loss"])
+                        log.info("%s: step %d/%d, loss %.4f", desc, step, num_steps, terms["loss"])
                     if step % cfg.log_every_steps == 0 or step == num_steps:
                         metrics.write(
                             {
                                 "step": step,
                                 "epoch": round(epoch + (step - done_before) / epoch_steps, 4),
-                                **{k: round(v, 6) for k, v in terms_sum.items()},
+                                **{k: round(sum(v) / len(v), 6) for k, v in window.items()},
                                 "lr": scheduler.get_last_lr()[0],
                                 "tokens": step * cfg.batch_size * blocks.block_size,
                             }
                         )
+                        window.clear()
                     if on_step is not None:
                         on_step(step)
                     if cfg.save_every_steps and step % cfg.save_every_steps == 0 and step < num_steps:
