@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmdistill.losses import DistillationObjective, causal_lm_ce, forward_kl, reverse_kl
 from lmdistill.teachers import TeacherEnsemble
@@ -149,3 +151,31 @@ def test_ensemble_rules(batch):
     torch.testing.assert_close(torch.softmax(probs_rule(ids, temperature=T) / T, -1), expected)
     with pytest.raises(ValueError, match="different vocabulary sizes"):
         TeacherEnsemble([_Fixed(a, 7), _Fixed(b, 8)])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    B=st.integers(1, 3),
+    L=st.integers(2, 6),
+    V=st.integers(2, 9),
+    alpha=st.floats(0.0, 0.99),
+    T=st.floats(0.5, 5.0),
+    reduction=st.sampled_from(["mean", "batchmean"]),
+    seed=st.integers(0, 2**16),
+    data=st.data(),
+)
+def test_objective_matches_direct_formula_property(B, L, V, alpha, T, reduction, seed, data):
+    g = torch.Generator().manual_seed(seed)
+    student, teacher = torch.randn(B, L, V, generator=g) * 3, torch.randn(B, L, V, generator=g) * 3
+    ids = torch.randint(0, V, (B, L), generator=g)
+    keep = data.draw(st.lists(st.booleans(), min_size=B * (L - 1), max_size=B * (L - 1)))
+    labels = ids.clone()
+    labels[:, 1:][~torch.tensor(keep).view(B, L - 1)] = -100
+    loss, terms = DistillationObjective(alpha, T, reduction)(student, labels, teacher)
+    assert torch.isfinite(loss)
+    if not any(keep):  # nothing supervised: CE (and the mean-reduced KL) are 0, never NaN
+        assert terms["ce"] == 0.0
+        return
+    ref, ce, kl = _direct(student, teacher, labels, alpha, T, reduction)
+    assert loss.item() == pytest.approx(ref, rel=1e-4, abs=1e-5)
+    assert terms["kl"] == pytest.approx(kl, rel=1e-4, abs=1e-6)
