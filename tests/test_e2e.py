@@ -82,6 +82,7 @@ def test_rerun_without_resume_is_refused_and_resume_reuses_everything(smoke_run,
     for name in MODELS:
         assert after["models"][name]["blimp"] == before["models"][name]["blimp"]
         assert after["models"][name]["dev_loss"] == pytest.approx(before["models"][name]["dev_loss"])
+        assert after["models"][name]["train_time_s"] == before["models"][name]["train_time_s"]
     # resuming with a different recipe is refused, naming the key that differs
     assert main([*args, "--resume", "distillation.alpha=0.3"]) == 2
     assert "distillation.alpha" in capsys.readouterr().err

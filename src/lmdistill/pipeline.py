@@ -152,8 +152,8 @@ def _train_stage(
     if (final / "config.json").exists():
         log.info("%s: already trained (%s)", name, final)
         model = load_model(final)
-        dev_losses = _read_training_json(final).get("dev_losses", [])
-        train_time = None
+        record = _read_training_json(final)
+        dev_losses, train_time = record.get("dev_losses", []), record.get("train_time_s")
     else:
         torch.manual_seed(recipe.seed)
         model = build_model(

@@ -327,12 +327,13 @@ def train(
         metrics.close()
 
     final_dir = out_dir / "final"
+    train_time = time.time() - start_time
     with atomic_dir(final_dir) as tmp:
         accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        write_json(tmp / "training.json", {"steps": step, "dev_losses": dev_losses})
-    return TrainResult(final_dir, step, dev_losses, time.time() - start_time)
+        write_json(tmp / "training.json", {"steps": step, "dev_losses": dev_losses, "train_time_s": train_time})
+    return TrainResult(final_dir, step, dev_losses, train_time)
 
 
 def _read_dev_events(path: Path) -> list[dict]:
