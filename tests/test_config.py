@@ -119,3 +119,24 @@ def test_train_config_checks_accumulation():
     with pytest.raises(ConfigError, match="divisible by grad_accum_steps"):
         TrainConfig(batch_size=10, grad_accum_steps=3)
     assert dataclasses.replace(TrainConfig(), batch_size=12, grad_accum_steps=3).grad_accum_steps == 3
+
+
+def test_paper_recipe_builds_the_paper_parameter_counts():
+    """GPT-2 705M (tied embeddings), LLaMA 360M and the 58M student, at vocabulary 16,000 (no weights allocated)."""
+    import torch
+
+    from lmdistill.models import build_model, count_parameters
+
+    r = load_recipe("babyllama")
+    expected = {"gpt2-teacher": 705e6, "llama-teacher": 360e6, "student": 58e6}
+    for name, model_cfg in [(t.name, t.model) for t in r.teachers] + [("student", r.student.model)]:
+        with torch.device("meta"):
+            model = build_model(
+                model_cfg,
+                vocab_size=r.tokenizer.vocab_size,
+                block_size=r.data.block_size,
+                bos_id=1,
+                eos_id=2,
+                pad_id=0,
+            )
+        assert count_parameters(model) == pytest.approx(expected[name], rel=0.01), name
