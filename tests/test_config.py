@@ -91,6 +91,7 @@ def test_unknown_key_suggests_the_closest():
         ("teachers.0.train.epochs=two", r"teachers\.0\.train\.epochs: expected an integer"),
         ("teachers.5.train.lr=1", r"teachers\.5: no list item 5"),
         ("distillation.ensemble=median", r"distillation\.ensemble: must be one of"),
+        ("student.train.mixed_precision=bf16", r"mixed_precision: every train section .*'student.train': 'bf16'"),
     ],
 )
 def test_bad_values_name_the_key(override, match):

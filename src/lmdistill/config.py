@@ -301,6 +301,14 @@ class RecipeConfig:
         _check(len(set(names)) == len(names), "teachers", f"teacher names must be unique, got {names}")
         reserved = {"student", "baseline", "ensemble", "tokenizer"}
         _check(not reserved & set(names), "teachers", f"teacher names may not be one of {sorted(reserved)}")
+        # Accelerate keeps one process-wide state: every stage of a run must use the same mixed precision
+        precisions = {f"teachers.{i}.train": t.train.mixed_precision for i, t in enumerate(self.teachers) if t.train}
+        precisions["student.train"] = self.student.train.mixed_precision
+        _check(
+            len(set(precisions.values())) == 1,
+            "mixed_precision",
+            f"every train section of a run must use the same mixed_precision, got {precisions}",
+        )
 
 
 # ----------------------------------------------------------------------------------------- (de)serialisation
