@@ -88,3 +88,24 @@ def test_teacher_with_another_tokenizer_is_refused(tmp_path, capsys, data_root):
     err = capsys.readouterr().err
     assert "gpt2-teacher" in err and str(teacher_dir) in err and "share one tokenizer" in err
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_resume_without_a_run_folder_uses_the_default_recipe_folder(tmp_path, monkeypatch):
+    import lmdistill.pipeline
+
+    seen = {}
+
+    def fake_run(recipe, run_dir, **kwargs):
+        seen.update(name=recipe.name, run_dir=str(run_dir), **kwargs)
+        raise KeyboardInterrupt  # stop before any work
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(lmdistill.pipeline, "run_experiment", fake_run)
+    with pytest.raises(KeyboardInterrupt):
+        main(["run", "--resume"])
+    assert seen["name"] == "babyllama-cpu" and seen["run_dir"] == "runs/babyllama-cpu" and seen["resume"]
+
+
+def test_resume_a_folder_without_recipe_yaml_is_an_error(tmp_path, capsys):
+    assert main(["run", "--resume", "--run-dir", str(tmp_path)]) == 2
+    assert "no recipe.yaml" in capsys.readouterr().err

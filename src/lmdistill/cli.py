@@ -16,7 +16,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from lmdistill.config import load_recipe
     from lmdistill.pipeline import run_experiment
 
-    if args.resume and args.recipe is None:
+    if args.resume and args.recipe is None and args.run_dir:  # resume a run folder with its own recipe
         recipe_file = Path(args.run_dir) / "recipe.yaml"
         if not recipe_file.is_file():
             print(f"error: --resume {args.run_dir}: no recipe.yaml there, so it is not a run folder", file=sys.stderr)
