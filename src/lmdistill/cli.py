@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run (or resume) a whole experiment from a recipe",
         description="Run a recipe end to end: tokenizer, teachers, baseline, distilled student, BLiMP, report. "
         "Overrides are KEY.PATH=VALUE, e.g. student.train.epochs=2 teachers.0.train.lr=1e-4.",
+        epilog="The run folder gets recipe.yaml, tokenizer/, models/<name>/ (final/ Hugging Face checkpoint, "
+        "checkpoints/, metrics.jsonl, tb/, blimp.json), results.json, report.md and plots/. Ctrl-C saves a "
+        "checkpoint; run again with --resume to continue where it stopped (finished stages are skipped).",
     )
     run.add_argument("recipe", nargs="?", help=f"packaged recipe name or YAML file (default: {DEFAULT_RECIPE})")
     run.add_argument("overrides", nargs="*", help="KEY.PATH=VALUE overrides applied before validation")
