@@ -48,10 +48,11 @@ def test_missing_and_empty_corpus_files_are_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(root / "corpus" / "childes" / "train.txt") in err
     (root / "corpus" / "childes" / "train.txt").write_text("some words here.\n")
-    assert main([*args, "--resume"]) == 2
+    assert main(args) == 2  # a failed first run left no recipe.yaml: plain re-running is allowed
     err = capsys.readouterr().err
     assert str(root / "corpus" / "brown" / "train.txt") in err
-    assert not (run_dir / "results.json").exists() and not list(tmp_path.rglob("*.tmp"))
+    assert not (run_dir / "results.json").exists() and not (run_dir / "recipe.yaml").exists()
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
 def test_missing_data_root_says_how_to_get_data(tmp_path, capsys):

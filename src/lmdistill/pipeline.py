@@ -71,6 +71,7 @@ def default_cache_dir() -> Path:
 
 
 def _prepare_run_folder(recipe: RecipeConfig, run_dir: Path, resume: bool) -> None:
+    """Refuse a run folder that holds another run (without --resume) or another recipe (with it)."""
     saved = run_dir / "recipe.yaml"
     if saved.exists():
         if not resume:
@@ -85,9 +86,8 @@ def _prepare_run_folder(recipe: RecipeConfig, run_dir: Path, resume: bool) -> No
                 f"{saved} differs from the recipe being resumed at: {', '.join(diffs)}; resume with the same recipe "
                 "and overrides, or start a new run folder"
             )
-    elif resume and run_dir.exists() and any(run_dir.iterdir()):
+    elif resume and run_dir.exists() and any(p.name != "tokenizer" for p in run_dir.iterdir()):
         raise RunFolderError(f"--resume: {run_dir} has no recipe.yaml, so it is not a run folder")
-    write_text(saved, to_yaml(recipe))
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -103,7 +103,8 @@ def _prepare_data(recipe: RecipeConfig, run_dir: Path, data_root: Path, cache_di
     train_docs = load_corpus(data_root, sources, "train")
     dev_docs = load_corpus(data_root, sources, "dev")
     tok_dir = run_dir / "tokenizer"
-    if (tok_dir / "tokenizer.json").exists():
+    # reuse only a tokenizer of this recipe: a failed first attempt may have left one for other settings
+    if (run_dir / "recipe.yaml").exists() and (tok_dir / "tokenizer.json").exists():
         tokenizer = load_tokenizer(tok_dir)
     else:
         log.info(
@@ -289,6 +290,7 @@ def run_experiment(
     root = resolve_data_root(data_root)
     _prepare_run_folder(recipe, run_dir, resume)
     data = _prepare_data(recipe, run_dir, root, Path(cache_dir) if cache_dir else default_cache_dir())
+    write_text(run_dir / "recipe.yaml", to_yaml(recipe))  # only now: a run that fails on bad data can simply be re-run
     vocab = len(data.tokenizer)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results: dict[str, Any] = {}
