@@ -52,7 +52,7 @@ def make_run(run_dir, recipe_name="babyllama-cpu", student_acc=0.6123):
             "dev_tokens": 45_678,
             "num_train_blocks": 9645,
             "vocab_size": 16000,
-            "corpus_note": "8 sources, BabyLM-style",
+            "corpus_note": "A BabyLM-style mixture, not the BabyLM corpus.",
         },
         "models": models,
     }
@@ -95,7 +95,7 @@ def test_write_report_tables_and_plots(tmp_path):
     assert "| baseline | baseline | 1.71 M | 5.100 | — | — | — |" in text
     assert "<details>" in text and "| adjunct_island |" in text
     assert "(plots/training_curves.png)" in text and "(plots/blimp_fields.png)" in text
-    assert "not the BabyLM corpus" in text
+    assert text.count("not the BabyLM corpus") == 1  # the recorded note, shown once as the callout
     assert "1.23 M training tokens" in text and "1 h 02 min" in text and "torch 2.13" in text
     assert "ab" * 32 in text and '"lr": 0.0003' in text
     for name in ("training_curves.png", "blimp_fields.png"):
@@ -152,4 +152,4 @@ def test_no_bold_when_all_models_tie():
     text = render_report(results)
     assert "| a | teacher | 10 | 2.000 | 50.0 | 50.0 | 50.0 |" in text
     assert "| b | teacher | 10 | **1.000** | 50.0 | 50.0 | 50.0 |" in text
-    assert "Data: mixture." in text
+    assert "> **Corpus.** mixture." in text and text.count("mixture.") == 1

@@ -16,7 +16,7 @@ from transformers import (
 
 from lmdistill.config import ModelConfig
 
-__all__ = ["build_model", "count_parameters", "format_count", "load_model"]
+__all__ = ["build_model", "count_parameters", "load_model"]
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +96,3 @@ def count_parameters(model: PreTrainedModel) -> int:
     """Number of distinct parameters (tied weights counted once)."""
     seen = {id(p): p.numel() for p in model.parameters()}
     return sum(seen.values())
-
-
-def format_count(n: int) -> str:
-    """Human form of a parameter count: 1234567 -> "1.23 M"."""
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return str(n)

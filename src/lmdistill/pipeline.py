@@ -39,7 +39,7 @@ from lmdistill.data.tokens import tokenize_documents
 from lmdistill.evaluation.blimp import evaluate_blimp, load_blimp
 from lmdistill.evaluation.scoring import hf_logits_fn
 from lmdistill.losses.objective import DistillationObjective
-from lmdistill.models import build_model, count_parameters, format_count, load_model
+from lmdistill.models import build_model, count_parameters, load_model
 from lmdistill.teachers.ensemble import TeacherEnsemble
 from lmdistill.training import evaluate_dev_loss, train
 
@@ -48,8 +48,9 @@ __all__ = ["CORPUS_NOTE", "RunFolderError", "default_cache_dir", "run_experiment
 log = logging.getLogger(__name__)
 
 CORPUS_NOTE = (
-    "BabyLM-style mixture of public English sources (child-directed speech, fiction, news, dialogue, reviews); "
-    "not the BabyLM corpus itself."
+    "The training text is a BabyLM-style mixture of public English sources (child-directed speech, fiction, news, "
+    "dialogue, reviews), not the BabyLM corpus itself, which could not be obtained offline; numbers are not "
+    "directly comparable with BabyLM leaderboards."
 )
 
 
@@ -165,7 +166,7 @@ def _train_stage(
             eos_id=tok.eos_token_id,
             pad_id=tok.pad_token_id,
         )
-        log.info("%s: %s %s parameters", name, model_cfg.arch, format_count(count_parameters(model)))
+        log.info("%s: %s, %s parameters", name, model_cfg.arch, f"{count_parameters(model):,}")
         result = train(
             model,
             data.train,

@@ -23,10 +23,6 @@ __all__ = ["compare_runs", "load_results", "render_report", "write_report"]
 logger = logging.getLogger(__name__)
 
 MISSING = "—"
-CORPUS_NOTE = (
-    "The training text is a BabyLM-style mixture of public English sources, not the BabyLM corpus itself "
-    "(which could not be obtained offline); numbers are not directly comparable with BabyLM leaderboards."
-)
 
 
 def load_results(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -144,8 +140,8 @@ def _what_ran(results: dict[str, Any]) -> str:
     parts = [
         f"Recipe `{results.get('recipe_name', MISSING)}`, run created {results.get('created', MISSING)}, "
         f"wall time {_duration(results.get('wall_time_s'))}.",
-        f"Data: {str(data.get('corpus_note') or 'corpus not described').rstrip('. ')}"
-        + (f"; {tokens}" if tokens else "")
+        "Data: "
+        + (tokens or "token counts not recorded")
         + (f" ({data['num_train_blocks']:,} training blocks)" if data.get("num_train_blocks") else "")
         + (f"; BPE vocabulary {data['vocab_size']:,}" if data.get("vocab_size") else "")
         + ".",
@@ -184,9 +180,10 @@ def render_report(results: dict[str, Any]) -> str:
         results (dict): the parsed ``results.json`` (see the module docstring).
 
     Returns:
-        str: Markdown: title, what ran, the corpus note, the main table (model | role | parameters | dev loss |
-        BLiMP overall | one column per BLiMP field; best per column in bold), links to ``plots/*.png``, the
-        per-paradigm table in a ``<details>`` block, data file hashes and the resolved recipe.
+        str: Markdown: title, what ran, the corpus note (``data.corpus_note``, when recorded), the main table
+        (model | role | parameters | dev loss | BLiMP overall | one column per BLiMP field; best per column in
+        bold), links to ``plots/*.png``, the per-paradigm table in a ``<details>`` block, data file hashes
+        and the resolved recipe.
     """
     models: dict[str, dict[str, Any]] = results.get("models", {})
     fields = _fields(models.values())
@@ -196,7 +193,7 @@ def render_report(results: dict[str, Any]) -> str:
     sections = [
         f"# Distillation report: {results.get('recipe_name', 'unnamed run')}",
         _what_ran(results),
-        f"> **Corpus.** {CORPUS_NOTE}",
+        *([f"> **Corpus.** {note}"] if (note := results.get("data", {}).get("corpus_note")) else []),
         "## Results",
         _markdown_table(header, rows, best, left=2) if rows else "_No models in results.json._",
         _blimp_caption(models.values()),
