@@ -130,15 +130,8 @@ class _MetricsLog:
         self.path = out_dir / "metrics.jsonl"
         if not enabled:
             return
-        kept = []
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    if json.loads(line).get("step", 0) <= resume_step:
-                        kept.append(line)
-                except json.JSONDecodeError:
-                    continue
-        self.path.write_text("".join(f"{line}\n" for line in kept))
+        kept = [r for r in _read_records(self.path) if r.get("step", 0) <= resume_step]  # drop steps to redo
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
@@ -243,7 +236,7 @@ def train(
         step = _load_checkpoint(last_ckpt, model, optimizer, scheduler, accelerator)
         log.info("%s: resumed from %s (step %d of %d)", desc, last_ckpt, step, num_steps)
     metrics = _MetricsLog(out_dir, step, accelerator.is_main_process)
-    dev_losses = [r["dev_loss"] for r in _read_dev_events(out_dir / "metrics.jsonl")]
+    dev_losses = [r["dev_loss"] for r in _read_records(metrics.path) if r.get("event") == "dev"]
     bar = tqdm(total=num_steps, initial=step, desc=desc, disable=None if accelerator.is_main_process else True)
     model.train()
 
@@ -336,15 +329,16 @@ def train(
     return TrainResult(final_dir, step, dev_losses, train_time)
 
 
-def _read_dev_events(path: Path) -> list[dict]:
+def _read_records(path: Path) -> list[dict]:
+    """The JSON objects of a metrics JSONL file (none if it is missing); a torn or non-JSON line is skipped."""
     if not path.exists():
         return []
-    events = []
+    records = []
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if record.get("event") == "dev":
-            events.append(record)
-    return events
+        if isinstance(record, dict):
+            records.append(record)
+    return records
