@@ -24,6 +24,9 @@ __all__ = [
     "DataConfig",
     "DistillationConfig",
     "EvaluationConfig",
+    "FeatureLossConfig",
+    "LossConfig",
+    "PRESETS",
     "ModelConfig",
     "RecipeConfig",
     "SourceConfig",
@@ -226,28 +229,132 @@ class StudentConfig:
     """Student schedule (the baseline uses the same)."""
 
 
+DIVERGENCE_NAMES = (
+    "forward_kl",
+    "reverse_kl",
+    "generalized_jsd",
+    "skew_forward_kl",
+    "skew_reverse_kl",
+    "total_variation",
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The Baby Llama code: KLDivLoss(batchmean) on (B, T, V) at T = 2, alpha on CE, T^2.
+    "babyllama": {
+        "divergence": "forward_kl",
+        "reduction": "batchmean",
+        "alpha": 0.5,
+        "temperature": 2.0,
+        "t2_scaling": True,
+    },
+    # torchdistill KDLoss: alpha * CE + (1 - alpha) * T^2 * KLDivLoss(batchmean) over the rows it is given (here
+    # one row per supervised position, so a mean over positions).
+    "torchdistill": {"divergence": "forward_kl", "reduction": "mean", "t2_scaling": True},
+    # TRL GKDTrainer: generalized JSD (beta 0.5) at T = 1, mean over supervised positions, no CE, no T^2.
+    "gkd": {
+        "divergence": "generalized_jsd",
+        "beta": 0.5,
+        "temperature": 1.0,
+        "alpha": 0.0,
+        "reduction": "mean",
+        "t2_scaling": False,
+    },
+}
+"""Compatibility presets: ``distillation.preset`` fills these keys; keys set in the recipe win."""
+
+
+@dataclass
+class FeatureLossConfig:
+    """One feature term ``w_j * F_j`` of the objective (hint, attention or embedding loss)."""
+
+    kind: Literal["hint", "attention", "embedding"]
+    """"hint": hidden states through a learned projection (FitNets, STLM); "attention": attention maps (TinyBERT,
+    MiniLM); "embedding": embedding-layer outputs through a learned projection (TinyBERT)."""
+    weight: float = 1.0
+    """w_j, the term's weight in the loss."""
+    loss: Literal["mse", "cosine", "kl"] = "mse"
+    """hint/embedding: "mse" or "cosine"; attention: "mse" (TinyBERT) or "kl" (MiniLM)."""
+    layers: str | list[int] = "uniform"
+    """Layer mapping: "uniform" (student layer m takes teacher layer m * N / M), "last", or the teacher layer
+    (1-based) of each student layer; ignored by "embedding"."""
+    teacher: int = 0
+    """Index of the teacher (in ``teachers``) whose features are matched."""
+
+    def __post_init__(self) -> None:
+        _check(self.weight >= 0, "weight", f"must be >= 0, got {self.weight}")
+        allowed = ("mse", "kl") if self.kind == "attention" else ("mse", "cosine")
+        _check(self.loss in allowed, "loss", f"a {self.kind} loss must be one of {list(allowed)}, got {self.loss!r}")
+        if isinstance(self.layers, str):
+            _check(self.layers in ("uniform", "last"), "layers", f"must be 'uniform', 'last' or a list, got {self.layers!r}")
+        else:
+            _check(all(layer >= 1 for layer in self.layers), "layers", f"teacher layers are 1-based, got {self.layers}")
+        _check(self.teacher >= 0, "teacher", f"must be >= 0, got {self.teacher}")
+
+
 @dataclass
 class DistillationConfig:
-    """The KD objective: ``alpha * CE + (1 - alpha) * T^2 * KL(p_teacher^T || p_student^T)`` (Baby Llama)."""
+    """The KD objective ``alpha * CE + (1 - alpha) * T^2 * D(teacher, student; T) + sum_j w_j * F_j``.
 
+    ``preset`` fills the keys of a compatibility preset (``PRESETS``: babyllama, torchdistill, gkd); keys set
+    in the recipe override it.
+    """
+
+    preset: Literal["babyllama", "torchdistill", "gkd"] | None = None
+    """Compatibility preset (see the README's table); null = the keys below as written."""
     alpha: float = 0.5
     """Weight of the hard-label cross-entropy; 1 - alpha weights the distillation term."""
     temperature: float = 2.0
-    """Softmax temperature T applied to teacher and student logits inside the KL only."""
-    kl_reduction: Literal["mean", "batchmean"] = "mean"
-    """"mean": mean over supervised tokens; "batchmean": sum over all tokens / batch size (Baby Llama code)."""
+    """Softmax temperature T applied to teacher and student logits inside D only (CE is at T = 1)."""
+    divergence: Literal[
+        "forward_kl", "reverse_kl", "generalized_jsd", "skew_forward_kl", "skew_reverse_kl", "total_variation"
+    ] = "forward_kl"
+    """D: forward KL (Hinton; Baby Llama), reverse KL (MiniLLM), generalized JSD (GKD), skew KLs (DistiLLM), TV."""
+    beta: float = 0.5
+    """generalized_jsd's beta in [0, 1]: 0 = forward KL, 1 = reverse KL."""
+    skew: float = 0.1
+    """The skew KLs' lambda in [0, 1): 0 = plain KL."""
+    reduction: Literal["mean", "batchmean"] = "mean"
+    """"mean": mean of D over supervised next-token positions; "batchmean": D summed over all positions / batch
+    size (the Baby Llama code's ``KLDivLoss(reduction="batchmean")``)."""
+    t2_scaling: bool = True
+    """Multiply D by T^2 (Hinton et al.), which keeps its gradients on the CE's scale; TRL's GKD does not."""
     ensemble: Literal["logits", "probs"] = "logits"
     """How teachers are combined: average logits (Baby Llama) or average probabilities at temperature T."""
+    features: list[FeatureLossConfig] = field(default_factory=list)
+    """Feature terms (hint, attention, embedding losses) added to the response loss."""
+
+    @classmethod
+    def expand_preset(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """The recipe's ``distillation`` mapping with its preset's keys filled in (recipe keys win)."""
+        preset = data.get("preset")
+        if preset is None or preset not in PRESETS:
+            return data  # an unknown preset is reported by the Literal check
+        return {**PRESETS[preset], **data}
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.alpha <= 1.0, "alpha", f"must be in [0, 1], got {self.alpha}")
         _check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        _check(self.divergence in DIVERGENCE_NAMES, "divergence", f"must be one of {list(DIVERGENCE_NAMES)}")
+        _check(0.0 <= self.beta <= 1.0, "beta", f"must be in [0, 1], got {self.beta}")
+        _check(0.0 <= self.skew < 1.0, "skew", f"must be in [0, 1), got {self.skew}")
         _check(
-            self.kl_reduction in ("mean", "batchmean"),
-            "kl_reduction",
-            f"must be 'mean' or 'batchmean', got {self.kl_reduction!r}",
+            self.reduction in ("mean", "batchmean"), "reduction", f"must be 'mean' or 'batchmean', got {self.reduction!r}"
         )
         _check(self.ensemble in ("logits", "probs"), "ensemble", f"must be 'logits' or 'probs', got {self.ensemble!r}")
+
+
+@dataclass
+class LossConfig:
+    """How the objective is computed; every implementation gives the same values and gradients (to 1e-5)."""
+
+    implementation: Literal["plain", "chunked", "fused"] = "plain"
+    """"plain": several (B, T, V) float32 tensors; "chunked": positions in chunks, one (B, T, V) gradient buffer;
+    "fused": from the student's final hidden states and LM head, never holding the student's (B, T, V) logits."""
+    chunk_size: int | None = None
+    """Positions per chunk of the chunked and fused paths; null = about 128 MiB of float32 per (chunk, V)."""
+
+    def __post_init__(self) -> None:
+        _check(self.chunk_size is None or self.chunk_size >= 1, "chunk_size", "must be >= 1 or null")
 
 
 @dataclass
@@ -286,6 +393,8 @@ class RecipeConfig:
     """Student architecture and schedule."""
     distillation: DistillationConfig = field(default_factory=DistillationConfig)
     """KD objective."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """How the objective is computed (plain, chunked or fused)."""
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     """Zero-shot evaluation."""
     baseline: bool = True
@@ -309,6 +418,12 @@ class RecipeConfig:
             "mixed_precision",
             f"every train section of a run must use the same mixed_precision, got {precisions}",
         )
+        for i, term in enumerate(self.distillation.features):
+            _check(
+                term.teacher < len(self.teachers),
+                f"distillation.features.{i}.teacher",
+                f"must index one of the {len(self.teachers)} teachers, got {term.teacher}",
+            )
 
 
 # ----------------------------------------------------------------------------------------- (de)serialisation
@@ -329,6 +444,14 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         _check(optional, key, "may not be null")
         return None
     origin = typing.get_origin(inner)
+    if origin in (typing.Union, types.UnionType):  # e.g. str | list[int]: the first alternative that fits
+        errors = []
+        for alternative in typing.get_args(inner):
+            try:
+                return _convert(value, alternative, key)
+            except ConfigError as err:
+                errors.append(str(err).split(": ", 1)[-1])
+        raise ConfigError(f"{key}: {' or '.join(errors)}")
     if dataclasses.is_dataclass(inner):
         return from_dict(inner, value, prefix=key)
     if origin is list:
@@ -378,6 +501,8 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     """
     where = prefix or "recipe"
     _check(isinstance(data, dict), where, f"expected a mapping, got {type(data).__name__}")
+    if hasattr(cls, "expand_preset"):
+        data = cls.expand_preset(data)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:

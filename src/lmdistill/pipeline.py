@@ -296,7 +296,7 @@ def run_experiment(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results: dict[str, Any] = {}
     teachers = {}
-    lm = DistillationObjective.language_modeling()
+    lm = DistillationObjective.language_modeling(recipe.loss.implementation)
     for t in recipe.teachers:
         if t.train is None:
             out = _pretrained_teacher(t.name, Path(t.model.path), data, device)
@@ -325,7 +325,7 @@ def run_experiment(
         )
         results["baseline"] = {"role": "baseline", **out["entry"]}
         baseline_model = out["model"]
-    kd = DistillationObjective.from_config(recipe.distillation)
+    kd = DistillationObjective.from_config(recipe.distillation, recipe.loss)
     out = _train_stage(
         "student", recipe.student.model, recipe.student.train, data, recipe, run_dir, kd, ensemble, resume
     )

@@ -196,7 +196,7 @@ def train(
         dev (Tensor): (N, T) fixed dev blocks; their CE is measured at each epoch end.
         cfg (TrainConfig): optimisation settings.
         out_dir (Path): stage folder: ``checkpoints/step-N/``, ``final/``, ``metrics.jsonl``, ``tb/``.
-        objective (DistillationObjective): CE-only for LM training, CE + KL for distillation.
+        objective (DistillationObjective): CE-only for LM training, CE + divergence (+ features) for distillation.
         teacher (TeacherEnsemble | None): frozen teachers, needed when ``objective.needs_teacher``.
         tokenizer: saved beside the final weights.
         resume (bool): continue from the latest checkpoint in ``out_dir`` when there is one.
@@ -249,9 +249,9 @@ def train(
         for ids in batch.split(micro):
             ids = ids.to(accelerator.device)
             with accelerator.autocast():
-                student_logits = model(input_ids=ids).logits  # (b, T, V)
+                student = objective.student_forward(model, ids)  # logits (b, T, V), or hidden states when fused
                 teacher_logits = teacher(ids, temperature=objective.temperature) if objective.needs_teacher else None
-                loss, terms = objective(student_logits, ids, teacher_logits)
+                loss, terms = objective(student, ids, teacher_logits)
             if not math.isfinite(terms["loss"]):
                 raise NonFiniteLossError(
                     f"{desc}: loss is {terms['loss']} at step {step + 1} (terms {terms}); stopped. "
@@ -260,7 +260,7 @@ def train(
             accelerator.backward(loss / cfg.grad_accum_steps)
             for k, v in terms.items():
                 terms_sum[k] = terms_sum.get(k, 0.0) + v / cfg.grad_accum_steps
-            del student_logits, teacher_logits, loss  # free (b, T, V) logits before the next micro-batch
+            del student, teacher_logits, loss  # free (b, T, V) logits before the next micro-batch
         if cfg.max_grad_norm is not None:
             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()

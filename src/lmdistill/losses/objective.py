@@ -1,17 +1,61 @@
-"""The KD objective of Baby Llama: ``alpha * CE + (1 - alpha) * T^2 * KL(p_teacher^T || p_student^T)``."""
+"""The KD objective: ``alpha * CE + (1 - alpha) * T^2 * D(teacher, student; T) + sum_j w_j * F_j``.
+
+One objective serves plain LM training (alpha = 1: teachers and the no-distillation baseline) and distillation,
+and computes its response part by one of three paths with equal values and gradients:
+
+- "plain": the student's logits (B, T, V), then CE and D as ordinary autograd expressions;
+- "chunked": the student's logits, then CE and D chunk by chunk (``lmdistill.losses.chunked``), one (B, T, V)
+  gradient buffer instead of several float32 (B, T, V) temporaries;
+- "fused": the student's final hidden states and LM head; no (B, T, V) student tensor is ever held.
+
+Compatibility presets (``PRESETS`` in ``lmdistill.config``; each reproduces its anchor's formula, see the tests):
+
+============  =====================================================================================
+preset        loss
+============  =====================================================================================
+babyllama     ``alpha*CE + (1-alpha)*T^2*KLDivLoss(batchmean)(log p_s^T, p_t^T)`` on (B, T, V): KL summed
+              over every position, divided by B (Timiryasov & Tastet's code; alpha 0.5, T 2)
+torchdistill  ``alpha*CE + (1-alpha)*T^2*KL`` with KL averaged over the rows given (one per supervised
+              position); torchdistill's ``KDLoss`` returns the KL without T^2 when alpha is 0
+gkd           ``JSD(beta=0.5)`` at T = 1, mean over supervised positions, no CE, no T^2 (TRL's GKDTrainer)
+============  =====================================================================================
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from lmdistill.config import DistillationConfig
-from lmdistill.losses.divergences import forward_kl, reduce_per_token
+from lmdistill.config import PRESETS, DistillationConfig, LossConfig, from_dict
+from lmdistill.losses.chunked import chunked_per_token, fused_linear_loss
+from lmdistill.losses.divergences import (
+    at_least_float32,
+    get_divergence,
+    reduce_per_token,
+    reduction_weights,
+)
 
-__all__ = ["IGNORE_INDEX", "DistillationObjective", "causal_lm_ce"]
+__all__ = ["IGNORE_INDEX", "DistillationObjective", "StudentOutput", "causal_lm_ce", "next_token_targets"]
 
 IGNORE_INDEX = -100
+IMPLEMENTATIONS = ("plain", "chunked", "fused")
+
+
+def next_token_targets(labels: Tensor) -> Tensor:
+    """Targets aligned with the logits: ``targets[:, t] = labels[:, t + 1]``, -100 at the last position.
+
+    Aligning the targets (rather than slicing ``logits[:, :-1]``) avoids copying the (B, T, V) logits.
+
+    Args:
+        labels (Tensor): (B, T) token ids, -100 where not supervised.
+
+    Returns:
+        Tensor: (B, T) targets.
+    """
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
 
 
 def causal_lm_ce(logits: Tensor, labels: Tensor) -> Tensor:
@@ -24,58 +68,164 @@ def causal_lm_ce(logits: Tensor, labels: Tensor) -> Tensor:
     Returns:
         Tensor: scalar float32; 0 when no token is supervised.
     """
-    shift_logits = logits[:, :-1].float()  # (B, T-1, V)
-    shift_labels = labels[:, 1:]  # (B, T-1)
+    targets = next_token_targets(labels)
     per_token = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view_as(shift_labels)
-    return reduce_per_token(per_token, shift_labels != IGNORE_INDEX, "mean")
+        at_least_float32(logits).flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view_as(targets)
+    return reduce_per_token(per_token, targets != IGNORE_INDEX, "mean")
 
 
-class DistillationObjective:
-    """``L = alpha * CE(y, z_s) + (1 - alpha) * T^2 * KL(p_t^T || p_s^T)`` (Timiryasov & Tastet, arXiv:2308.02019).
+@dataclass
+class StudentOutput:
+    """What the objective needs from the student's forward pass (see ``DistillationObjective.student_forward``).
 
-    alpha weights the hard-label CE at T = 1; the temperature divides teacher and student logits inside the KL
-    only, and T^2 keeps the KL gradients on the CE's scale (Hinton et al., arXiv:1503.02531).
+    Attributes:
+        logits (Tensor | None): (B, T, V), for the plain and chunked paths.
+        hidden (Tensor | None): (B, T, H) final hidden states (after the final norm), for the fused path.
+        lm_head (nn.Module | None): the output embedding (``weight`` (V, H), optional ``bias``), for the fused path.
+    """
 
-    KL reduction:
-        - "mean": KL per next-token position (the positions CE supervises), mean over supervised tokens.
-        - "batchmean": the Baby Llama code's ``KLDivLoss(reduction="batchmean")`` on (B, T, V): KL summed over
-          every input position of the block (the last included, it has no label) and divided by B.
+    logits: Tensor | None = None
+    hidden: Tensor | None = None
+    lm_head: nn.Module | None = None
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)  # DistributedDataParallel and friends
+
+
+class DistillationObjective(nn.Module):
+    """``L = alpha * CE(y, z_s) + (1 - alpha) * s * D(p_t^T, p_s^T)`` with ``s = T^2`` (or 1), DESIGN.md's algebra.
+
+    alpha weights the hard-label CE at T = 1 (Baby Llama, arXiv:2308.02019; torchdistill); the temperature divides
+    teacher and student logits inside D only, and T^2 keeps D's gradients on the CE's scale (Hinton et al.,
+    arXiv:1503.02531). D is any divergence of ``lmdistill.losses.divergences``.
+
+    Reduction of D:
+        - "mean": D at each next-token position (the positions CE supervises), mean over supervised positions.
+        - "batchmean": the Baby Llama code's ``KLDivLoss(reduction="batchmean")`` on (B, T, V): D summed over
+          every real input position of the block (the last included, it has no label) and divided by B.
 
     Args:
         alpha (float): weight of CE in [0, 1]; 1 = plain LM training (the teacher is ignored).
         temperature (float): T > 0.
-        kl_reduction (str): "mean" or "batchmean".
+        divergence (str): a name of ``DIVERGENCES``.
+        beta (float): generalized_jsd's beta.
+        skew (float): the skew KLs' lambda.
+        reduction (str): "mean" or "batchmean".
+        t2_scaling (bool): multiply D by T^2.
+        implementation (str): "plain", "chunked" or "fused".
+        chunk_size (int | None): positions per chunk of the chunked and fused paths; None = automatic.
+
+    Raises:
+        ValueError: a value out of range (checked as the recipe's ``distillation`` section is).
     """
 
-    def __init__(self, alpha: float = 0.5, temperature: float = 2.0, kl_reduction: str = "mean") -> None:
-        DistillationConfig(alpha=alpha, temperature=temperature, kl_reduction=kl_reduction)  # validates ranges
-        self.alpha = alpha
-        self.temperature = temperature
-        self.kl_reduction = kl_reduction
+    def __init__(
+        self,
+        alpha: float = 0.5,
+        temperature: float = 2.0,
+        divergence: str = "forward_kl",
+        *,
+        beta: float = 0.5,
+        skew: float = 0.1,
+        reduction: str = "mean",
+        t2_scaling: bool = True,
+        implementation: str = "plain",
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        cfg = DistillationConfig(  # validates ranges with the recipe's messages
+            alpha=alpha,
+            temperature=temperature,
+            divergence=divergence,
+            beta=beta,
+            skew=skew,
+            reduction=reduction,
+            t2_scaling=t2_scaling,
+        )
+        LossConfig(implementation=implementation, chunk_size=chunk_size)
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+        self.alpha = cfg.alpha
+        self.temperature = cfg.temperature
+        self.divergence = get_divergence(cfg.divergence, beta=cfg.beta, skew=cfg.skew)
+        self.reduction = cfg.reduction
+        self.t2_scaling = cfg.t2_scaling
+        self.implementation = implementation
+        self.chunk_size = chunk_size
+
+    # ------------------------------------------------------------------------------------------- constructors
 
     @classmethod
-    def from_config(cls, cfg: DistillationConfig) -> DistillationObjective:
-        """Objective of a recipe's ``distillation`` section."""
-        return cls(alpha=cfg.alpha, temperature=cfg.temperature, kl_reduction=cfg.kl_reduction)
+    def from_config(cls, cfg: DistillationConfig, loss: LossConfig | None = None) -> DistillationObjective:
+        """Objective of a recipe's ``distillation`` and ``loss`` sections."""
+        loss = loss or LossConfig()
+        return cls(
+            alpha=cfg.alpha,
+            temperature=cfg.temperature,
+            divergence=cfg.divergence,
+            beta=cfg.beta,
+            skew=cfg.skew,
+            reduction=cfg.reduction,
+            t2_scaling=cfg.t2_scaling,
+            implementation=loss.implementation,
+            chunk_size=loss.chunk_size,
+        )
 
     @classmethod
-    def language_modeling(cls) -> DistillationObjective:
+    def from_preset(cls, preset: str, **overrides) -> DistillationObjective:
+        """Objective of a compatibility preset ("babyllama", "torchdistill", "gkd"), with keys overridden.
+
+        Raises:
+            ValueError: an unknown preset (the message lists them) or an invalid override.
+        """
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        loss_keys = {k: overrides.pop(k) for k in ("implementation", "chunk_size") if k in overrides}
+        cfg = from_dict(DistillationConfig, {"preset": preset, **overrides}, prefix="distillation")
+        return cls.from_config(cfg, LossConfig(**loss_keys))
+
+    @classmethod
+    def language_modeling(cls, implementation: str = "plain") -> DistillationObjective:
         """Plain next-token CE (alpha = 1): teachers and the no-distillation baseline."""
-        return cls(alpha=1.0, temperature=1.0)
+        return cls(alpha=1.0, temperature=1.0, implementation=implementation)
 
     @property
     def needs_teacher(self) -> bool:
-        """Whether the KL term has non-zero weight."""
+        """Whether the divergence term has non-zero weight."""
         return self.alpha < 1.0
 
-    def __call__(
+    @property
+    def divergence_scale(self) -> float:
+        """``(1 - alpha) * T^2`` (or ``1 - alpha`` without T^2 scaling), the weight of D in the loss."""
+        return (1.0 - self.alpha) * (self.temperature**2 if self.t2_scaling else 1.0)
+
+    # ---------------------------------------------------------------------------------------------- forward
+
+    def student_forward(self, model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None) -> StudentOutput:
+        """Run the student as this objective's path needs: logits, or (fused) final hidden states and LM head.
+
+        Raises:
+            ValueError: the fused path on a model whose logits are not ``lm_head(last hidden state)`` (e.g. logit
+                soft-capping or scaling).
+        """
+        if self.implementation != "fused":
+            return StudentOutput(logits=model(input_ids=input_ids, attention_mask=attention_mask).logits)
+        inner = _unwrap(model)
+        config = inner.config
+        for key in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+            if getattr(config, key, None) not in (None, 1.0):
+                raise ValueError(
+                    f"loss.implementation=fused needs logits = lm_head(hidden states), but the model's config sets "
+                    f"{key}={getattr(config, key)}; use 'chunked'"
+                )
+        hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return StudentOutput(hidden=hidden, lm_head=inner.get_output_embeddings())
+
+    def forward(
         self,
-        student_logits: Tensor,
+        student: StudentOutput | Tensor,
         labels: Tensor,
         teacher_logits: Tensor | None = None,
         attention_mask: Tensor | None = None,
@@ -83,29 +233,101 @@ class DistillationObjective:
         """Compute the loss and its terms.
 
         Args:
-            student_logits (Tensor): (B, T, V).
+            student (StudentOutput | Tensor): ``student_forward``'s output, or the (B, T, V) logits.
             labels (Tensor): (B, T) input ids with -100 where not supervised (padding).
-            teacher_logits (Tensor | None): (B, T, V), already combined over teachers (see
-                ``TeacherEnsemble``); required when alpha < 1.
-            attention_mask (Tensor | None): (B, T) real (1) vs padding (0) input positions; used by "batchmean".
+            teacher_logits (Tensor | None): (B, T, V), already combined over teachers (see ``TeacherEnsemble``);
+                required when alpha < 1.
+            attention_mask (Tensor | None): (B, T) real (1) vs padding (0) positions; used by "batchmean".
 
         Returns:
-            tuple: scalar loss (with gradient), and ``{"loss", "ce"[, "kl"]}`` as floats (kl without T^2).
+            tuple: scalar loss (with gradient), and ``{"loss", "ce"[, D's name]}`` as floats (D without T^2).
 
         Raises:
-            ValueError: a teacher is needed but missing, or teacher and student vocabularies differ.
+            ValueError: a teacher is needed but missing, teacher and student vocabularies differ, or the student
+                output does not fit the path.
         """
-        ce = causal_lm_ce(student_logits, labels)
-        if not self.needs_teacher:
-            return ce, {"loss": ce.item(), "ce": ce.item()}
-        if teacher_logits is None:
-            raise ValueError(f"alpha={self.alpha} < 1 needs teacher logits, got None")
-        T = self.temperature
-        if self.kl_reduction == "batchmean":
-            mask = torch.ones_like(labels, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-            kl = forward_kl(student_logits, teacher_logits, temperature=T, mask=mask, reduction="batchmean")
+        if isinstance(student, Tensor):
+            student = StudentOutput(logits=student)
+        targets = next_token_targets(labels)  # (B, T)
+        supervised = targets != IGNORE_INDEX
+        ce_weights = reduction_weights(targets.shape, supervised, "mean", device=targets.device)
+        div = self.divergence if self.needs_teacher else None
+        div_weights = None
+        if div is not None:
+            if teacher_logits is None:
+                raise ValueError(f"alpha={self.alpha} < 1 needs teacher logits, got None")
+            if self.reduction == "batchmean":
+                real = None if attention_mask is None else attention_mask.bool()
+                div_weights = reduction_weights(targets.shape, real, "batchmean", device=targets.device)
+            else:
+                div_weights = reduction_weights(targets.shape, supervised, "mean", device=targets.device)
+        if self.implementation == "plain":
+            loss, ce, d = self._plain(student, teacher_logits, targets, div, ce_weights, div_weights)
         else:
-            mask = labels[:, 1:] != IGNORE_INDEX
-            kl = forward_kl(student_logits[:, :-1], teacher_logits[:, :-1], temperature=T, mask=mask, reduction="mean")
-        loss = self.alpha * ce + (1.0 - self.alpha) * T**2 * kl
-        return loss, {"loss": loss.item(), "ce": ce.item(), "kl": kl.item()}
+            loss, ce, d = self._memory_bounded(student, teacher_logits, targets, div, ce_weights, div_weights)
+        terms = {"loss": loss.item(), "ce": ce.item()}
+        if d is not None:
+            terms[self.divergence.name] = d.item()
+        return loss, terms
+
+    def _plain(self, student, teacher_logits, targets, div, ce_weights, div_weights):
+        if student.logits is None:
+            raise ValueError("the plain path needs the student's logits (StudentOutput.logits)")
+        logits = student.logits
+        ce_rows = F.cross_entropy(
+            at_least_float32(logits).flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+        ).view_as(targets)
+        ce = (ce_rows * ce_weights).sum()
+        if div is None:
+            return ce, ce, None
+        if teacher_logits.shape != logits.shape:
+            raise ValueError(
+                f"teacher_logits {tuple(teacher_logits.shape)} != student logits {tuple(logits.shape)}: "
+                "teachers and student must share a tokenizer"
+            )
+        d_rows = div.per_token(logits, teacher_logits, self.temperature)
+        d = torch.where(div_weights != 0, d_rows * div_weights, torch.zeros((), device=d_rows.device)).sum()
+        return self.alpha * ce + self.divergence_scale * d, ce, d
+
+    def _memory_bounded(self, student, teacher_logits, targets, div, ce_weights, div_weights):
+        # one pass computes alpha * CE + scale * D per position with its gradient; parts come back for logging
+        weighted_ce = ce_weights * self.alpha
+        weighted_div = None if div is None else div_weights * self.divergence_scale
+        if self.implementation == "chunked":
+            if student.logits is None:
+                raise ValueError("the chunked path needs the student's logits (StudentOutput.logits)")
+            if div is not None and teacher_logits.shape != student.logits.shape:
+                raise ValueError(
+                    f"teacher_logits {tuple(teacher_logits.shape)} != student logits {tuple(student.logits.shape)}: "
+                    "teachers and student must share a tokenizer"
+                )
+            loss, d_rows, ce_rows = chunked_per_token(
+                div,
+                student.logits,
+                teacher_logits if div is not None else None,
+                self.temperature,
+                chunk_size=self.chunk_size,
+                targets=targets,
+                div_weights=weighted_div,
+                ce_weights=weighted_ce,
+                reduce=True,
+                return_parts=True,
+            )
+        else:
+            if student.hidden is None or student.lm_head is None:
+                raise ValueError("the fused path needs the student's final hidden states and LM head")
+            loss, d_rows, ce_rows = fused_linear_loss(
+                student.hidden,
+                student.lm_head.weight,
+                teacher_logits if div is not None else None,
+                div,
+                bias=getattr(student.lm_head, "bias", None),
+                temperature=self.temperature,
+                targets=targets,
+                div_weights=weighted_div,
+                ce_weights=weighted_ce,
+                chunk_size=self.chunk_size,
+            )
+        ce = (ce_rows * ce_weights).sum()
+        d = None if div is None else torch.where(div_weights != 0, d_rows * div_weights, 0.0).sum()
+        return loss, ce, d

@@ -1,0 +1,341 @@
+"""Memory-bounded KD losses: the chunked path over positions and the fused LM-head path.
+
+At V = 151,936 and N = 2,048 positions a float32 (N, V) tensor takes 1.24 GB, and the plain path holds several
+at once (both log-softmaxes, the teacher's probabilities, their product, and in backward the softmax and the
+gradient). Both paths here compute, chunk of positions by chunk, the loss *and its gradient* in the forward pass
+(the gradient of a per-position loss depends on that position's logits only), so the extra memory is one chunk's
+temporaries plus what the gradient itself needs:
+
+- ``chunked_per_token``: input the student's logits (N, V); keeps one (N, V) gradient buffer, no other (N, V).
+- ``fused_linear_loss``: input the student's final hidden states (N, H) and LM-head weight (V, H); the student's
+  logits exist one chunk at a time, so the extra memory is O(chunk x V + N x H + V x H). The idea of Liger-Kernel's
+  fused linear losses (Hsu et al., arXiv:2410.10989), written here in plain PyTorch for CPU and GPU.
+
+Both evaluate the very same per-position formulas as the plain path (``Divergence.per_token`` and
+``F.cross_entropy``) under autograd, one chunk at a time, so values and gradients equal the plain path's up to
+float32 summation order. Their backward returns the stored gradient (times the incoming gradient when that is
+not 1), so ``loss.backward()`` costs no further (N, V) memory.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from lmdistill.losses.divergences import Divergence, at_least_float32
+
+__all__ = ["IGNORE_INDEX", "auto_chunk_size", "chunked_per_token", "fused_linear_loss"]
+
+IGNORE_INDEX = -100
+_CHUNK_ELEMENTS = 1 << 25  # 32 M float32 elements = 128 MiB per (chunk, V) temporary
+
+
+def auto_chunk_size(vocab_size: int) -> int:
+    """Positions per chunk so that one (chunk, V) float32 temporary is about 128 MiB (at least 16 positions)."""
+    return max(16, _CHUNK_ELEMENTS // max(vocab_size, 1))
+
+
+def _row_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor | None,
+    targets: Tensor | None,
+    div: Divergence | None,
+    temperature: float,
+    div_weights: Tensor | None,
+    ce_weights: Tensor | None,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Combined per-position loss ``w_d * D + w_ce * CE`` of one chunk, with its two parts (float32)."""
+    total = None
+    div_rows = ce_rows = None
+    if div is not None:
+        div_rows = div.per_token(student_logits, teacher_logits, temperature)
+        total = _weighted(div_rows, div_weights)
+    if targets is not None:
+        ce_rows = F.cross_entropy(at_least_float32(student_logits), targets, ignore_index=IGNORE_INDEX, reduction="none")
+        part = _weighted(ce_rows, ce_weights)
+        total = part if total is None else total + part
+    return total, div_rows, ce_rows
+
+
+def _weighted(values: Tensor, weights: Tensor | None) -> Tensor:
+    """``values * weights`` with exact zeros where the weight is 0, whatever the value there."""
+    if weights is None:
+        return values
+    return torch.where(weights != 0, values * weights, torch.zeros((), dtype=values.dtype, device=values.device))
+
+
+def _scaled(grad: Tensor | None, scale: Tensor) -> Tensor | None:
+    """``grad * scale``, returning the stored gradient itself when the scale is exactly 1 (``loss.backward()``).
+
+    The stored gradient is never modified, so a graph can be back-propagated more than once; autograd clones a
+    gradient it does not own before accumulating into it.
+    """
+    if grad is None:
+        return None
+    if scale.numel() == 1 and scale.item() == 1.0:
+        return grad
+    return grad * scale.to(grad.dtype)
+
+
+class _ChunkedLoss(torch.autograd.Function):
+    """(N, V) logits -> combined loss (scalar, or (N,) per position); gradient computed chunk by chunk in forward."""
+
+    @staticmethod
+    def forward(
+        ctx, student_logits, teacher_logits, targets, div_weights, ce_weights, div, temperature, chunk_size, reduce
+    ):
+        n_rows = student_logits.shape[0]
+        need_s, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_s = torch.empty_like(student_logits) if need_s else None
+        grad_t = torch.empty_like(teacher_logits) if need_t else None
+        per_row = student_logits.new_empty(n_rows, dtype=torch.promote_types(student_logits.dtype, torch.float32))
+        div_rows_all = per_row.new_zeros(n_rows) if div is not None else None
+        ce_rows_all = per_row.new_zeros(n_rows) if targets is not None else None
+        for start in range(0, n_rows, chunk_size):
+            rows = slice(start, min(start + chunk_size, n_rows))
+            s = student_logits[rows].detach().requires_grad_(need_s)
+            t = None if teacher_logits is None else teacher_logits[rows].detach().requires_grad_(need_t)
+            with torch.enable_grad():
+                chunk_total, div_rows, ce_rows = _row_loss(
+                    s,
+                    t,
+                    None if targets is None else targets[rows],
+                    div,
+                    temperature,
+                    None if div_weights is None else div_weights[rows],
+                    None if ce_weights is None else ce_weights[rows],
+                )
+                chunk_sum = chunk_total.sum()  # rows are independent: d(sum)/d(row logits) = d(row loss)/d(row logits)
+            inputs = [x for x, need in ((s, need_s), (t, need_t)) if need]
+            if inputs:
+                grads = list(torch.autograd.grad(chunk_sum, inputs))
+                if need_s:
+                    grad_s[rows] = grads.pop(0)
+                if need_t:
+                    grad_t[rows] = grads.pop(0)
+            per_row[rows] = chunk_total.detach()
+            if div_rows is not None:
+                div_rows_all[rows] = div_rows.detach()
+            if ce_rows is not None:
+                ce_rows_all[rows] = ce_rows.detach()
+        ctx.save_for_backward(grad_s, grad_t)
+        ctx.reduce = reduce
+        side = [x for x in (div_rows_all, ce_rows_all) if x is not None]
+        ctx.mark_non_differentiable(*side)
+        return (per_row.sum() if reduce else per_row), div_rows_all, ce_rows_all
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, _grad_div, _grad_ce):
+        grad_s, grad_t = ctx.saved_tensors
+        scale = grad_out if ctx.reduce else grad_out.unsqueeze(-1)  # scalar, or (N, 1) per position
+        return _scaled(grad_s, scale), _scaled(grad_t, scale), None, None, None, None, None, None, None
+
+
+def _flat(x: Tensor | None, n_rows: int, name: str, trailing: tuple[int, ...] = ()) -> Tensor | None:
+    if x is None:
+        return None
+    if x.numel() != n_rows * (trailing[0] if trailing else 1):
+        raise ValueError(f"{name} of shape {tuple(x.shape)} does not match {n_rows} positions")
+    return x.reshape(n_rows, *trailing)  # a view for contiguous inputs
+
+
+def chunked_per_token(
+    div: Divergence | None,
+    student_logits: Tensor,
+    teacher_logits: Tensor | None,
+    temperature: float = 1.0,
+    *,
+    chunk_size: int | None = None,
+    targets: Tensor | None = None,
+    div_weights: Tensor | None = None,
+    ce_weights: Tensor | None = None,
+    reduce: bool = False,
+    return_parts: bool = False,
+) -> Tensor | tuple[Tensor, Tensor | None, Tensor | None]:
+    """``w_d * D(p_t^T, p_s^T) + w_ce * CE(y, z_s)`` per position, computed chunk by chunk with its gradient.
+
+    With ``reduce=True`` the result is the sum over positions, so a reduction is given as weights
+    (``reduction_weights``) and one (N, V) gradient buffer is all the extra memory; with ``reduce=False`` the
+    result is per position and backward allocates a second (N, V) tensor (the gradient scaled per position). The
+    objective passes ``targets`` too, so that CE and D share the buffer.
+
+    Args:
+        div (Divergence | None): the divergence, or None for CE only.
+        student_logits (Tensor): (..., V) student logits; a contiguous tensor is not copied.
+        teacher_logits (Tensor | None): (..., V) teacher logits; required with ``div``.
+        temperature (float): T > 0 of the divergence (CE is at T = 1).
+        chunk_size (int | None): positions per chunk; None = ``auto_chunk_size(V)``.
+        targets (Tensor | None): (...) next-token ids for CE, -100 where not supervised.
+        div_weights (Tensor | None): (...) weight of D per position (0 = masked: the position changes nothing);
+            None = 1.
+        ce_weights (Tensor | None): (...) weight of CE per position; None = 1.
+        reduce (bool): return the weighted sum over positions (a scalar) instead of (...) per position.
+        return_parts (bool): also return D and CE per position (without gradient), for logging.
+
+    Returns:
+        Tensor: scalar or (...) float32 combined loss (with gradient); with ``return_parts``, a tuple
+        ``(combined, D or None, CE or None)``.
+
+    Raises:
+        ValueError: a divergence without teacher logits, or shapes that do not match.
+    """
+    if div is not None and teacher_logits is None:
+        raise ValueError("a divergence needs teacher_logits")
+    if div is None and targets is None:
+        raise ValueError("nothing to compute: give a divergence or targets")
+    lead, vocab = student_logits.shape[:-1], student_logits.shape[-1]
+    n_rows = student_logits.numel() // vocab
+    chunk_size = chunk_size or auto_chunk_size(vocab)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    total, div_rows, ce_rows = _ChunkedLoss.apply(
+        student_logits.reshape(n_rows, vocab),
+        _flat(teacher_logits, n_rows, "teacher_logits", (vocab,)),
+        _flat(targets, n_rows, "targets"),
+        _flat(div_weights, n_rows, "div_weights"),
+        _flat(ce_weights, n_rows, "ce_weights"),
+        div,
+        float(temperature),
+        int(chunk_size),
+        reduce,
+    )
+    if not reduce:
+        total = total.view(lead)
+    if not return_parts:
+        return total
+    return total, None if div_rows is None else div_rows.view(lead), None if ce_rows is None else ce_rows.view(lead)
+
+
+class _FusedLinearLoss(torch.autograd.Function):
+    """(N, H) hidden states and (V, H) LM head -> scalar ``sum_n w_d D + w_ce CE``; logits one chunk at a time."""
+
+    @staticmethod
+    def forward(
+        ctx, hidden, weight, bias, teacher_logits, targets, div_weights, ce_weights, div, temperature, chunk_size
+    ):
+        n_rows = hidden.shape[0]
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = bias is not None and ctx.needs_input_grad[2]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        acc = torch.promote_types(weight.dtype, torch.float32)  # accumulate the LM-head gradient in >= float32
+        grad_w = torch.zeros_like(weight, dtype=acc) if need_w else None
+        grad_b = torch.zeros_like(bias, dtype=acc) if need_b else None
+        loss = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
+        div_rows_all = loss.new_zeros(n_rows) if div is not None else None
+        ce_rows_all = loss.new_zeros(n_rows) if targets is not None else None
+        for start in range(0, n_rows, chunk_size):
+            rows = slice(start, min(start + chunk_size, n_rows))
+            h = hidden[rows]
+            with torch.no_grad():
+                logits = F.linear(h, weight, bias)  # (chunk, V): the only student logits that ever exist
+            logits.requires_grad_(need_h or need_w or need_b)
+            with torch.enable_grad():
+                chunk_total, div_rows, ce_rows = _row_loss(
+                    logits,
+                    None if teacher_logits is None else teacher_logits[rows],
+                    None if targets is None else targets[rows],
+                    div,
+                    temperature,
+                    None if div_weights is None else div_weights[rows],
+                    None if ce_weights is None else ce_weights[rows],
+                )
+                chunk_loss = chunk_total.sum()
+            if logits.requires_grad:
+                (grad_logits,) = torch.autograd.grad(chunk_loss, logits)  # (chunk, V)
+                grad_logits = grad_logits.to(weight.dtype)
+                if need_h:
+                    grad_h[rows] = grad_logits @ weight
+                if need_w:
+                    grad_w.addmm_(grad_logits.t().to(acc), h.to(acc))
+                if need_b:
+                    grad_b += grad_logits.to(acc).sum(0)
+                del grad_logits
+            loss += chunk_loss.detach()
+            if div_rows is not None:
+                div_rows_all[rows] = div_rows.detach()
+            if ce_rows is not None:
+                ce_rows_all[rows] = ce_rows.detach()
+        ctx.save_for_backward(
+            grad_h,
+            None if grad_w is None else grad_w.to(weight.dtype),
+            None if grad_b is None else grad_b.to(bias.dtype),
+        )
+        side = [x for x in (div_rows_all, ce_rows_all) if x is not None]
+        ctx.mark_non_differentiable(*side)
+        return loss, div_rows_all, ce_rows_all
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, _grad_div, _grad_ce):
+        grad_h, grad_w, grad_b = (_scaled(g, grad_loss) for g in ctx.saved_tensors)
+        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None
+
+
+def fused_linear_loss(
+    hidden: Tensor,
+    weight: Tensor,
+    teacher_logits: Tensor | None,
+    div: Divergence | None,
+    *,
+    bias: Tensor | None = None,
+    temperature: float = 1.0,
+    targets: Tensor | None = None,
+    div_weights: Tensor | None = None,
+    ce_weights: Tensor | None = None,
+    chunk_size: int | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``sum_n w_d[n] * D_n + w_ce[n] * CE_n`` where the student's logits are ``hidden @ weight.T + bias``.
+
+    The student logits are computed one chunk of positions at a time, with the gradient with respect to the
+    hidden states, the LM-head weight and the bias accumulated in the same pass, so no (N, V) student tensor is
+    ever held. Reductions are expressed as weights (``reduction_weights``): ``w = mask / mask.sum()`` is "mean".
+
+    Args:
+        hidden (Tensor): (..., H) the student's final hidden states (after its final norm).
+        weight (Tensor): (V, H) the LM-head (output embedding) weight.
+        teacher_logits (Tensor | None): (..., V) teacher logits; required with ``div``.
+        div (Divergence | None): the divergence, or None for CE only.
+        bias (Tensor | None): (V,) LM-head bias, if the model has one.
+        temperature (float): T > 0 of the divergence (CE is at T = 1).
+        targets (Tensor | None): (...) next-token ids for CE, -100 where not supervised.
+        div_weights (Tensor | None): (...) weights of D per position; None = 1 (a sum).
+        ce_weights (Tensor | None): (...) weights of CE per position; None = 1.
+        chunk_size (int | None): positions per chunk; None = ``auto_chunk_size(V)``.
+
+    Returns:
+        tuple: scalar float32 loss (with gradient), and D and CE per position (...) without gradient (None for a
+        part not computed).
+
+    Raises:
+        ValueError: a divergence without teacher logits, or shapes that do not match.
+    """
+    if div is not None and teacher_logits is None:
+        raise ValueError("a divergence needs teacher_logits")
+    if div is None and targets is None:
+        raise ValueError("nothing to compute: give a divergence or targets")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"weight must be (V, H={hidden.shape[-1]}), got {tuple(weight.shape)}")
+    vocab = weight.shape[0]
+    if teacher_logits is not None and teacher_logits.shape[-1] != vocab:
+        raise ValueError(
+            f"teacher vocabulary {teacher_logits.shape[-1]} != student LM head's {vocab}: they must share a tokenizer"
+        )
+    lead = hidden.shape[:-1]
+    n_rows = hidden.numel() // hidden.shape[-1]
+    chunk_size = chunk_size or auto_chunk_size(vocab)
+    loss, div_rows, ce_rows = _FusedLinearLoss.apply(
+        hidden.reshape(n_rows, hidden.shape[-1]),
+        weight,
+        bias,
+        _flat(teacher_logits, n_rows, "teacher_logits", (vocab,)),
+        _flat(targets, n_rows, "targets"),
+        _flat(div_weights, n_rows, "div_weights"),
+        _flat(ce_weights, n_rows, "ce_weights"),
+        div,
+        float(temperature),
+        int(chunk_size),
+    )
+    return loss, None if div_rows is None else div_rows.view(lead), None if ce_rows is None else ce_rows.view(lead)
