@@ -76,7 +76,7 @@ def test_overrides_apply_to_nested_keys_and_list_items():
 
 
 def test_unknown_key_suggests_the_closest():
-    with pytest.raises(ConfigError, match=r"distillation\.temprature: unknown key\. Did you mean: temperature\?"):
+    with pytest.raises(ConfigError, match=r"distillation\.temprature: unknown key\. Did you mean: temperature"):
         load_recipe("babyllama-smoke", ["distillation.temprature=3"])
 
 
