@@ -285,9 +285,15 @@ class FeatureLossConfig:
         allowed = ("mse", "kl") if self.kind == "attention" else ("mse", "cosine")
         _check(self.loss in allowed, "loss", f"a {self.kind} loss must be one of {list(allowed)}, got {self.loss!r}")
         if isinstance(self.layers, str):
-            _check(self.layers in ("uniform", "last"), "layers", f"must be 'uniform', 'last' or a list, got {self.layers!r}")
+            _check(
+                self.layers in ("uniform", "last"),
+                "layers",
+                f"must be 'uniform', 'last' or a list, got {self.layers!r}",
+            )
         else:
-            _check(all(layer >= 1 for layer in self.layers), "layers", f"teacher layers are 1-based, got {self.layers}")
+            _check(
+                all(layer >= 1 for layer in self.layers), "layers", f"teacher layers are 1-based, got {self.layers}"
+            )
         _check(self.teacher >= 0, "teacher", f"must be >= 0, got {self.teacher}")
 
 
@@ -338,7 +344,9 @@ class DistillationConfig:
         _check(0.0 <= self.beta <= 1.0, "beta", f"must be in [0, 1], got {self.beta}")
         _check(0.0 <= self.skew < 1.0, "skew", f"must be in [0, 1), got {self.skew}")
         _check(
-            self.reduction in ("mean", "batchmean"), "reduction", f"must be 'mean' or 'batchmean', got {self.reduction!r}"
+            self.reduction in ("mean", "batchmean"),
+            "reduction",
+            f"must be 'mean' or 'batchmean', got {self.reduction!r}",
         )
         _check(self.ensemble in ("logits", "probs"), "ensemble", f"must be 'logits' or 'probs', got {self.ensemble!r}")
 
@@ -351,7 +359,7 @@ class LossConfig:
     """"plain": several (B, T, V) float32 tensors; "chunked": positions in chunks, one (B, T, V) gradient buffer;
     "fused": from the student's final hidden states and LM head, never holding the student's (B, T, V) logits."""
     chunk_size: int | None = None
-    """Positions per chunk of the chunked and fused paths; null = about 128 MiB of float32 per (chunk, V)."""
+    """Positions per chunk of the chunked and fused paths; null = about 32 MiB of float32 per (chunk, V)."""
 
     def __post_init__(self) -> None:
         _check(self.chunk_size is None or self.chunk_size >= 1, "chunk_size", "must be >= 1 or null")

@@ -29,12 +29,15 @@ from lmdistill.losses.divergences import Divergence, at_least_float32
 __all__ = ["IGNORE_INDEX", "auto_chunk_size", "chunked_per_token", "fused_linear_loss"]
 
 IGNORE_INDEX = -100
-_CHUNK_ELEMENTS = 1 << 25  # 32 M float32 elements = 128 MiB per (chunk, V) temporary
+_CHUNK_ELEMENTS = 1 << 23  # 8 M float32 elements = 32 MiB per (chunk, V) temporary
 
 
 def auto_chunk_size(vocab_size: int) -> int:
-    """Positions per chunk so that one (chunk, V) float32 temporary is about 128 MiB (at least 16 positions)."""
-    return max(16, _CHUNK_ELEMENTS // max(vocab_size, 1))
+    """Positions per chunk so that one (chunk, V) float32 temporary is about 32 MiB (at least 8 positions).
+
+    V = 151,936 gives 55 positions, V = 50,257 gives 166, V = 16,000 gives 524.
+    """
+    return max(8, _CHUNK_ELEMENTS // max(vocab_size, 1))
 
 
 def _row_loss(
@@ -53,7 +56,9 @@ def _row_loss(
         div_rows = div.per_token(student_logits, teacher_logits, temperature)
         total = _weighted(div_rows, div_weights)
     if targets is not None:
-        ce_rows = F.cross_entropy(at_least_float32(student_logits), targets, ignore_index=IGNORE_INDEX, reduction="none")
+        ce_rows = F.cross_entropy(
+            at_least_float32(student_logits), targets, ignore_index=IGNORE_INDEX, reduction="none"
+        )
         part = _weighted(ce_rows, ce_weights)
         total = part if total is None else total + part
     return total, div_rows, ce_rows

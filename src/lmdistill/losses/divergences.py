@@ -100,6 +100,7 @@ def reduction_weights(shape: torch.Size, mask: Tensor | None, reduction: Reducti
         shape (torch.Size): shape of the per-position loss, e.g. (B, T).
         mask (Tensor | None): positions that count, of that shape; None = all.
         reduction (str): "mean", "sum" or "batchmean" ("none" has no scalar form).
+        device: device of the weights (default: the mask's, else the CPU).
 
     Returns:
         Tensor: float32 weights of ``shape``; 0 at masked positions.
@@ -266,7 +267,7 @@ def divergence(
     mask: Tensor | None = None,
     reduction: Reduction = "mean",
     implementation: Implementation = "plain",
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> Tensor:
     """Evaluate ``div`` on logits with a reduction, by the plain or the chunked path.
 
@@ -278,7 +279,7 @@ def divergence(
         mask (Tensor | None): (...) positions that count; None = all.
         reduction (str): "mean", "sum", "batchmean" or "none" (see ``reduce_per_token``).
         implementation (str): "plain" or "chunked" (equal values and gradients; see ``lmdistill.losses.chunked``).
-        chunk_size (int): positions per chunk of the chunked path.
+        chunk_size (int | None): positions per chunk of the chunked path; None = about 32 MiB per (chunk, V).
 
     Returns:
         Tensor: scalar float32, or (...) for "none". Not multiplied by T^2.
@@ -294,7 +295,9 @@ def divergence(
         from lmdistill.losses.chunked import chunked_per_token  # noqa: PLC0415 (chunked imports this module)
 
         if mask is not None and mask.shape != student_logits.shape[:-1]:
-            raise ValueError(f"mask shape {tuple(mask.shape)} != logits shape without V {tuple(student_logits.shape[:-1])}")
+            raise ValueError(
+                f"mask shape {tuple(mask.shape)} != logits shape without V {tuple(student_logits.shape[:-1])}"
+            )
         if reduction == "none":
             per_token = chunked_per_token(div, student_logits, teacher_logits, temperature, chunk_size=chunk_size)
             return reduce_per_token(per_token, mask, reduction)
@@ -314,7 +317,7 @@ _COMMON_ARGS = """
         reduction (str): "mean" over unmasked positions (default), "sum", "batchmean" (sum / size of the first
             dimension) or "none" (per position, 0 where masked).
         implementation (str): "plain" or "chunked" (memory O(chunk x V) besides the gradient; same values).
-        chunk_size (int): positions per chunk of the chunked path.
+        chunk_size (int | None): positions per chunk of the chunked path; None = about 32 MiB per (chunk, V).
 
     Returns:
         Tensor: scalar float32 (or (...) for "none"), in nats; not multiplied by T^2.
@@ -324,21 +327,13 @@ _COMMON_ARGS = """
 """
 
 
-def _documented(summary: str) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
-    def wrap(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        fn.__doc__ = summary + _COMMON_ARGS
-        return fn
-
-    return wrap
+def _with_common_args(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Append the arguments every divergence shares to ``fn``'s docstring."""
+    fn.__doc__ = fn.__doc__.rstrip() + "\n" + _COMMON_ARGS
+    return fn
 
 
-@_documented(
-    """Forward KL(p_t^T || p_s^T) = sum_v p_t(v) (log p_t(v) - log p_s(v)), mean-seeking.
-
-    The divergence of Hinton et al., "Distilling the Knowledge in a Neural Network" (arXiv:1503.02531), and of
-    Baby Llama (arXiv:2308.02019, with T^2 and alpha applied by the objective).
-"""
-)
+@_with_common_args
 def forward_kl(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -347,19 +342,27 @@ def forward_kl(
     mask: Tensor | None = None,
     reduction: Reduction = "mean",
     implementation: Implementation = "plain",
-    chunk_size: int = 1024,
-) -> Tensor:  # noqa: D103 (documented by the decorator)
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Forward KL(p_t^T || p_s^T) = sum_v p_t(v) (log p_t(v) - log p_s(v)), mean-seeking.
+
+    The divergence of Hinton et al., "Distilling the Knowledge in a Neural Network" (arXiv:1503.02531), and of
+    Baby Llama (arXiv:2308.02019, with T^2 and alpha applied by the objective).
+    """
     div = get_divergence("forward_kl")
-    return divergence(div, student_logits, teacher_logits, temperature=temperature, mask=mask,
-                      reduction=reduction, implementation=implementation, chunk_size=chunk_size)
+    return divergence(
+        div,
+        student_logits,
+        teacher_logits,
+        temperature=temperature,
+        mask=mask,
+        reduction=reduction,
+        implementation=implementation,
+        chunk_size=chunk_size,
+    )
 
 
-@_documented(
-    """Reverse KL(p_s^T || p_t^T) = sum_v p_s(v) (log p_s(v) - log p_t(v)), mode-seeking.
-
-    As in MiniLLM (Gu et al., arXiv:2306.08543) and STLM (Cheng et al. 2024).
-"""
-)
+@_with_common_args
 def reverse_kl(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -368,23 +371,26 @@ def reverse_kl(
     mask: Tensor | None = None,
     reduction: Reduction = "mean",
     implementation: Implementation = "plain",
-    chunk_size: int = 1024,
-) -> Tensor:  # noqa: D103
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Reverse KL(p_s^T || p_t^T) = sum_v p_s(v) (log p_s(v) - log p_t(v)), mode-seeking.
+
+    As in MiniLLM (Gu et al., arXiv:2306.08543) and STLM (Cheng et al. 2024).
+    """
     div = get_divergence("reverse_kl")
-    return divergence(div, student_logits, teacher_logits, temperature=temperature, mask=mask,
-                      reduction=reduction, implementation=implementation, chunk_size=chunk_size)
+    return divergence(
+        div,
+        student_logits,
+        teacher_logits,
+        temperature=temperature,
+        mask=mask,
+        reduction=reduction,
+        implementation=implementation,
+        chunk_size=chunk_size,
+    )
 
 
-@_documented(
-    """Generalized Jensen-Shannon divergence of GKD (Agarwal et al., arXiv:2306.13649).
-
-    ``JSD(beta) = beta * KL(p_t || m) + (1 - beta) * KL(p_s || m)`` with ``m = beta * p_t + (1 - beta) * p_s``,
-    log m computed in log space (``logaddexp``). As beta -> 0, JSD(beta) / beta -> forward KL, and as beta -> 1,
-    JSD(beta) / (1 - beta) -> reverse KL; the endpoints are therefore defined as forward KL (beta = 0) and
-    reverse KL (beta = 1), the convention of TRL's ``GKDTrainer``. beta = 0.5 is the symmetric JSD.
-    ``beta`` (float, keyword) is in [0, 1], default 0.5.
-"""
-)
+@_with_common_args
 def generalized_jsd(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -394,20 +400,30 @@ def generalized_jsd(
     mask: Tensor | None = None,
     reduction: Reduction = "mean",
     implementation: Implementation = "plain",
-    chunk_size: int = 1024,
-) -> Tensor:  # noqa: D103
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Generalized Jensen-Shannon divergence of GKD (Agarwal et al., arXiv:2306.13649).
+
+    ``JSD(beta) = beta * KL(p_t || m) + (1 - beta) * KL(p_s || m)`` with ``m = beta * p_t + (1 - beta) * p_s``,
+    log m computed in log space (``logaddexp``). As beta -> 0, JSD(beta) / beta -> forward KL, and as beta -> 1,
+    JSD(beta) / (1 - beta) -> reverse KL; the endpoints are therefore defined as forward KL (beta = 0) and
+    reverse KL (beta = 1), the convention of TRL's ``GKDTrainer``. beta = 0.5 is the symmetric JSD.
+    ``beta`` (float, keyword) is in [0, 1], default 0.5.
+    """
     div = get_divergence("generalized_jsd", beta=beta)
-    return divergence(div, student_logits, teacher_logits, temperature=temperature, mask=mask,
-                      reduction=reduction, implementation=implementation, chunk_size=chunk_size)
+    return divergence(
+        div,
+        student_logits,
+        teacher_logits,
+        temperature=temperature,
+        mask=mask,
+        reduction=reduction,
+        implementation=implementation,
+        chunk_size=chunk_size,
+    )
 
 
-@_documented(
-    """Skew forward KL of DistiLLM (Ko et al., arXiv:2402.03898): KL(p_t || skew * p_t + (1 - skew) * p_s).
-
-    Mixing some teacher into the student bounds the divergence and its gradient; skew = 0 is forward KL.
-    ``skew`` (float, keyword) is lambda in [0, 1), default 0.1 (DistiLLM's).
-"""
-)
+@_with_common_args
 def skew_forward_kl(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -417,19 +433,27 @@ def skew_forward_kl(
     mask: Tensor | None = None,
     reduction: Reduction = "mean",
     implementation: Implementation = "plain",
-    chunk_size: int = 1024,
-) -> Tensor:  # noqa: D103
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Skew forward KL of DistiLLM (Ko et al., arXiv:2402.03898): KL(p_t || skew * p_t + (1 - skew) * p_s).
+
+    Mixing some teacher into the student bounds the divergence and its gradient; skew = 0 is forward KL.
+    ``skew`` (float, keyword) is lambda in [0, 1), default 0.1 (DistiLLM's).
+    """
     div = get_divergence("skew_forward_kl", skew=skew)
-    return divergence(div, student_logits, teacher_logits, temperature=temperature, mask=mask,
-                      reduction=reduction, implementation=implementation, chunk_size=chunk_size)
+    return divergence(
+        div,
+        student_logits,
+        teacher_logits,
+        temperature=temperature,
+        mask=mask,
+        reduction=reduction,
+        implementation=implementation,
+        chunk_size=chunk_size,
+    )
 
 
-@_documented(
-    """Skew reverse KL of DistiLLM (arXiv:2402.03898): KL(p_s || skew * p_s + (1 - skew) * p_t).
-
-    skew = 0 is reverse KL. ``skew`` (float, keyword) is lambda in [0, 1), default 0.1 (DistiLLM's).
-"""
-)
+@_with_common_args
 def skew_reverse_kl(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -439,18 +463,26 @@ def skew_reverse_kl(
     mask: Tensor | None = None,
     reduction: Reduction = "mean",
     implementation: Implementation = "plain",
-    chunk_size: int = 1024,
-) -> Tensor:  # noqa: D103
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Skew reverse KL of DistiLLM (arXiv:2402.03898): KL(p_s || skew * p_s + (1 - skew) * p_t).
+
+    skew = 0 is reverse KL. ``skew`` (float, keyword) is lambda in [0, 1), default 0.1 (DistiLLM's).
+    """
     div = get_divergence("skew_reverse_kl", skew=skew)
-    return divergence(div, student_logits, teacher_logits, temperature=temperature, mask=mask,
-                      reduction=reduction, implementation=implementation, chunk_size=chunk_size)
+    return divergence(
+        div,
+        student_logits,
+        teacher_logits,
+        temperature=temperature,
+        mask=mask,
+        reduction=reduction,
+        implementation=implementation,
+        chunk_size=chunk_size,
+    )
 
 
-@_documented(
-    """Total variation distance 0.5 * sum_v |p_t(v) - p_s(v)|, in [0, 1] (used for KD by Wen et al.,
-    f-divergence minimisation for sequence-level KD, arXiv:2307.15190).
-"""
-)
+@_with_common_args
 def total_variation(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -459,8 +491,20 @@ def total_variation(
     mask: Tensor | None = None,
     reduction: Reduction = "mean",
     implementation: Implementation = "plain",
-    chunk_size: int = 1024,
-) -> Tensor:  # noqa: D103
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Total variation distance 0.5 * sum_v |p_t(v) - p_s(v)|, in [0, 1].
+
+    Used for KD by Wen et al., f-divergence minimisation for sequence-level KD (arXiv:2307.15190).
+    """
     div = get_divergence("total_variation")
-    return divergence(div, student_logits, teacher_logits, temperature=temperature, mask=mask,
-                      reduction=reduction, implementation=implementation, chunk_size=chunk_size)
+    return divergence(
+        div,
+        student_logits,
+        teacher_logits,
+        temperature=temperature,
+        mask=mask,
+        reduction=reduction,
+        implementation=implementation,
+        chunk_size=chunk_size,
+    )

@@ -203,7 +203,9 @@ class DistillationObjective(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- forward
 
-    def student_forward(self, model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None) -> StudentOutput:
+    def student_forward(
+        self, model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None
+    ) -> StudentOutput:
         """Run the student as this objective's path needs: logits, or (fused) final hidden states and LM head.
 
         Raises:
