@@ -1,6 +1,37 @@
 """KD losses: divergences on logits and the distillation objective."""
 
 from lmdistill.losses.divergences import forward_kl, reduce_per_token, reverse_kl
+from lmdistill.losses.features import (
+    AttentionLoss,
+    EmbeddingLoss,
+    HintLoss,
+    attention_kl,
+    attention_mse,
+    capture_outputs,
+    hint_loss,
+    layer_map,
+    load_projections,
+    model_dims,
+    save_projections,
+)
 from lmdistill.losses.objective import IGNORE_INDEX, DistillationObjective, causal_lm_ce
 
-__all__ = ["IGNORE_INDEX", "DistillationObjective", "causal_lm_ce", "forward_kl", "reduce_per_token", "reverse_kl"]
+__all__ = [
+    "IGNORE_INDEX",
+    "AttentionLoss",
+    "DistillationObjective",
+    "EmbeddingLoss",
+    "HintLoss",
+    "attention_kl",
+    "attention_mse",
+    "capture_outputs",
+    "causal_lm_ce",
+    "forward_kl",
+    "hint_loss",
+    "layer_map",
+    "load_projections",
+    "model_dims",
+    "reduce_per_token",
+    "reverse_kl",
+    "save_projections",
+]
