@@ -266,13 +266,6 @@ def test_chunked_gradient_with_non_unit_upstream():
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="BUG: with backward scale 1, _ChunkedLoss.backward returns its saved gradient buffer itself; autograd "
-    "stores it as the leaf's .grad and accumulates into it in place, so a retained graph cannot be "
-    "back-propagated a third time ('modified by an inplace operation'), contrary to the _scaled docstring",
-)
 def test_chunked_graph_can_be_backpropagated_three_times():
     s = rand(4, 5, seed=16).requires_grad_()
     t = rand(4, 5, seed=17)
@@ -283,12 +276,6 @@ def test_chunked_graph_can_be_backpropagated_three_times():
     torch.testing.assert_close(s.grad, 3 * g_once)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="BUG: same aliasing in _FusedLinearLoss.backward (saved grad_h/grad_w returned as is): a retained "
-    "graph fails on its third backward",
-)
 def test_fused_graph_can_be_backpropagated_three_times():
     h = rand(4, 3, seed=18).requires_grad_()
     w = rand(5, 3, seed=19).requires_grad_()

@@ -397,12 +397,6 @@ def test_single_distribution_logits(reduction):
         torch.testing.assert_close(v, ref)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="BUG: reduce_per_token's batchmean indexes per_token.shape[0] on the 0-dim loss of (V,) logits "
-    "(IndexError), while the chunked path (reduction_weights) divides by 1: the two implementations disagree",
-)
 def test_single_distribution_batchmean_plain_and_chunked_agree():
     """Either both paths give the same value or both reject (V,) logits with a ValueError."""
     s, t = logits(7, seed=26), logits(7, seed=27)

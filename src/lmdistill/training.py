@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
@@ -38,6 +38,7 @@ __all__ = ["NonFiniteLossError", "TrainResult", "TrainingInterrupted", "evaluate
 log = logging.getLogger(__name__)
 _CKPT = re.compile(r"^step-(\d+)$")
 KEEP_CHECKPOINTS = 2
+OBJECTIVE_FILE = "objective.safetensors"  # the feature terms' learned projections, beside the weights
 
 
 class NonFiniteLossError(RuntimeError):
@@ -90,10 +91,18 @@ def _latest_checkpoint(out_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def _save_checkpoint(out_dir, step, model, optimizer, scheduler, accelerator) -> Path:
+def _save_objective(objective: DistillationObjective, folder: Path) -> None:
+    """The objective's trained modules (feature projections), if it has any, as ``objective.safetensors``."""
+    state = {k: v.detach().contiguous().cpu() for k, v in objective.state_dict().items()}
+    if state:
+        save_file(state, folder / OBJECTIVE_FILE)
+
+
+def _save_checkpoint(out_dir, step, model, optimizer, scheduler, accelerator, objective) -> Path:
     path = out_dir / "checkpoints" / f"step-{step:07d}"
     with atomic_dir(path) as tmp:
         accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+        _save_objective(objective, tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         rng = {"torch": torch.get_rng_state()}
@@ -107,7 +116,11 @@ def _save_checkpoint(out_dir, step, model, optimizer, scheduler, accelerator) ->
     return path
 
 
-def _load_checkpoint(path: Path, model, optimizer, scheduler, accelerator) -> int:
+def _load_checkpoint(path: Path, model, optimizer, scheduler, accelerator, objective) -> int:
+    if objective.state_dict():
+        if not (path / OBJECTIVE_FILE).is_file():
+            raise RuntimeError(f"checkpoint {path} has no {OBJECTIVE_FILE} for the objective's feature projections")
+        objective.load_state_dict(load_file(path / OBJECTIVE_FILE, device=str(accelerator.device)))
     state = load_file(path / "model.safetensors")
     missing, unexpected = accelerator.unwrap_model(model).load_state_dict(state, strict=False)
     tied = accelerator.unwrap_model(model).config.tie_word_embeddings
@@ -225,15 +238,19 @@ def train(
         raise ValueError(f"{len(blocks)} training blocks give no full batch of {cfg.batch_size}: lower batch_size")
     micro = cfg.batch_size // cfg.grad_accum_steps
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, num_steps), num_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model.to(accelerator.device)
     if teacher is not None:
         teacher.to(accelerator.device)
+        objective.setup(model, teacher.teachers)  # feature terms: layer maps and learned projections
+    # the objective's projections (if any) are trained with the student and saved with its checkpoints
+    params = [*model.parameters(), *objective.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, num_steps), num_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     step, last_ckpt = 0, None
     if resume and (last_ckpt := _latest_checkpoint(out_dir)) is not None:
-        step = _load_checkpoint(last_ckpt, model, optimizer, scheduler, accelerator)
+        step = _load_checkpoint(last_ckpt, model, optimizer, scheduler, accelerator, objective)
         log.info("%s: resumed from %s (step %d of %d)", desc, last_ckpt, step, num_steps)
     metrics = _MetricsLog(out_dir, step, accelerator.is_main_process)
     dev_losses = [r["dev_loss"] for r in _read_records(metrics.path) if r.get("event") == "dev"]
@@ -250,8 +267,15 @@ def train(
             ids = ids.to(accelerator.device)
             with accelerator.autocast():
                 student = objective.student_forward(model, ids)  # logits (b, T, V), or hidden states when fused
-                teacher_logits = teacher(ids, temperature=objective.temperature) if objective.needs_teacher else None
-                loss, terms = objective(student, ids, teacher_logits)
+                teacher_logits = teacher_outputs = None
+                if objective.needs_teacher:
+                    teacher_logits, teacher_outputs = teacher.forward_features(
+                        ids,
+                        temperature=objective.temperature,
+                        hidden_states=objective.needs_hidden_states,
+                        attentions=objective.needs_attentions,
+                    )
+                loss, terms = objective(student, ids, teacher_logits, teacher_outputs=teacher_outputs)
             if not math.isfinite(terms["loss"]):
                 raise NonFiniteLossError(
                     f"{desc}: loss is {terms['loss']} at step {step + 1} (terms {terms}); stopped. "
@@ -260,9 +284,9 @@ def train(
             accelerator.backward(loss / cfg.grad_accum_steps)
             for k, v in terms.items():
                 terms_sum[k] = terms_sum.get(k, 0.0) + v / cfg.grad_accum_steps
-            del student, teacher_logits, loss  # free (b, T, V) logits before the next micro-batch
+            del student, teacher_logits, teacher_outputs, loss  # free (b, T, V) logits before the next micro-batch
         if cfg.max_grad_norm is not None:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -300,9 +324,11 @@ def train(
                     if on_step is not None:
                         on_step(step)
                     if cfg.save_every_steps and step % cfg.save_every_steps == 0 and step < num_steps:
-                        last_ckpt = _save_checkpoint(out_dir, step, model, optimizer, scheduler, accelerator)
+                        last_ckpt = _save_checkpoint(
+                            out_dir, step, model, optimizer, scheduler, accelerator, objective
+                        )
                     if interrupt.set:
-                        path = _save_checkpoint(out_dir, step, model, optimizer, scheduler, accelerator)
+                        path = _save_checkpoint(out_dir, step, model, optimizer, scheduler, accelerator, objective)
                         raise TrainingInterrupted(f"{desc}: interrupted at step {step}; checkpoint {path}", path)
                     if step >= num_steps:
                         break
@@ -323,6 +349,7 @@ def train(
     train_time = time.time() - start_time
     with atomic_dir(final_dir) as tmp:
         accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+        _save_objective(objective, tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_json(tmp / "training.json", {"steps": step, "dev_losses": dev_losses, "train_time_s": train_time})

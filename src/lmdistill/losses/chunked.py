@@ -13,8 +13,9 @@ temporaries plus what the gradient itself needs:
 
 Both evaluate the very same per-position formulas as the plain path (``Divergence.per_token`` and
 ``F.cross_entropy``) under autograd, one chunk at a time, so values and gradients equal the plain path's up to
-float32 summation order. Their backward returns the stored gradient (times the incoming gradient when that is
-not 1), so ``loss.backward()`` costs no further (N, V) memory.
+float32 summation order. The first backward hands the forward's gradient buffers to autograd (scaled in place
+by the incoming gradient), so ``loss.backward()`` costs no further (N, V) memory; a second backward through a
+retained graph (``retain_graph=True``, ``gradcheck``) recomputes them from the saved inputs.
 """
 
 from __future__ import annotations
@@ -71,17 +72,63 @@ def _weighted(values: Tensor, weights: Tensor | None) -> Tensor:
     return torch.where(weights != 0, values * weights, torch.zeros((), dtype=values.dtype, device=values.device))
 
 
-def _scaled(grad: Tensor | None, scale: Tensor) -> Tensor | None:
-    """``grad * scale``, returning the stored gradient itself when the scale is exactly 1 (``loss.backward()``).
+def _hand_over(ctx, recompute) -> tuple:
+    """The gradients of the forward pass, given to autograd once; any later backward recomputes them.
 
-    The stored gradient is never modified, so a graph can be back-propagated more than once; autograd clones a
-    gradient it does not own before accumulating into it.
+    Handing the forward's buffers over (rather than copies) is what keeps the extra memory at one gradient; once
+    handed over, autograd may accumulate into them, so a second backward through a retained graph recomputes
+    the gradients chunk by chunk from the saved inputs instead of reusing the buffers.
     """
-    if grad is None:
-        return None
-    if scale.numel() == 1 and scale.item() == 1.0:
+    grads = ctx.grads
+    ctx.grads = None
+    return grads if grads is not None else recompute()
+
+
+def _scale_(grad: Tensor | None, scale: Tensor) -> Tensor | None:
+    """``grad *= scale`` in place (on a buffer this function owns), skipped when the scale is exactly 1."""
+    if grad is None or (scale.numel() == 1 and scale.item() == 1.0):
         return grad
-    return grad * scale.to(grad.dtype)
+    return grad.mul_(scale.to(grad.dtype))
+
+
+def _chunked_pass(
+    student_logits, teacher_logits, targets, div_weights, ce_weights, div, temperature, chunk_size, need_s, need_t
+):
+    """Loss per row, its parts, and the gradients w.r.t. student (and teacher) logits, one chunk at a time."""
+    n_rows = student_logits.shape[0]
+    grad_s = torch.empty_like(student_logits) if need_s else None
+    grad_t = torch.empty_like(teacher_logits) if need_t else None
+    per_row = student_logits.new_empty(n_rows, dtype=torch.promote_types(student_logits.dtype, torch.float32))
+    div_rows_all = per_row.new_zeros(n_rows) if div is not None else None
+    ce_rows_all = per_row.new_zeros(n_rows) if targets is not None else None
+    for start in range(0, n_rows, chunk_size):
+        rows = slice(start, min(start + chunk_size, n_rows))
+        s = student_logits[rows].detach().requires_grad_(need_s)
+        t = None if teacher_logits is None else teacher_logits[rows].detach().requires_grad_(need_t)
+        with torch.enable_grad():
+            chunk_total, div_rows, ce_rows = _row_loss(
+                s,
+                t,
+                None if targets is None else targets[rows],
+                div,
+                temperature,
+                None if div_weights is None else div_weights[rows],
+                None if ce_weights is None else ce_weights[rows],
+            )
+            chunk_sum = chunk_total.sum()  # rows are independent: d(sum)/d(row logits) = d(row loss)/d(row logits)
+        inputs = [x for x, need in ((s, need_s), (t, need_t)) if need]
+        if inputs:
+            grads = list(torch.autograd.grad(chunk_sum, inputs))
+            if need_s:
+                grad_s[rows] = grads.pop(0)
+            if need_t:
+                grad_t[rows] = grads.pop(0)
+        per_row[rows] = chunk_total.detach()
+        if div_rows is not None:
+            div_rows_all[rows] = div_rows.detach()
+        if ce_rows is not None:
+            ce_rows_all[rows] = ce_rows.detach()
+    return per_row, div_rows_all, ce_rows_all, grad_s, grad_t
 
 
 class _ChunkedLoss(torch.autograd.Function):
@@ -91,52 +138,23 @@ class _ChunkedLoss(torch.autograd.Function):
     def forward(
         ctx, student_logits, teacher_logits, targets, div_weights, ce_weights, div, temperature, chunk_size, reduce
     ):
-        n_rows = student_logits.shape[0]
         need_s, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_s = torch.empty_like(student_logits) if need_s else None
-        grad_t = torch.empty_like(teacher_logits) if need_t else None
-        per_row = student_logits.new_empty(n_rows, dtype=torch.promote_types(student_logits.dtype, torch.float32))
-        div_rows_all = per_row.new_zeros(n_rows) if div is not None else None
-        ce_rows_all = per_row.new_zeros(n_rows) if targets is not None else None
-        for start in range(0, n_rows, chunk_size):
-            rows = slice(start, min(start + chunk_size, n_rows))
-            s = student_logits[rows].detach().requires_grad_(need_s)
-            t = None if teacher_logits is None else teacher_logits[rows].detach().requires_grad_(need_t)
-            with torch.enable_grad():
-                chunk_total, div_rows, ce_rows = _row_loss(
-                    s,
-                    t,
-                    None if targets is None else targets[rows],
-                    div,
-                    temperature,
-                    None if div_weights is None else div_weights[rows],
-                    None if ce_weights is None else ce_weights[rows],
-                )
-                chunk_sum = chunk_total.sum()  # rows are independent: d(sum)/d(row logits) = d(row loss)/d(row logits)
-            inputs = [x for x, need in ((s, need_s), (t, need_t)) if need]
-            if inputs:
-                grads = list(torch.autograd.grad(chunk_sum, inputs))
-                if need_s:
-                    grad_s[rows] = grads.pop(0)
-                if need_t:
-                    grad_t[rows] = grads.pop(0)
-            per_row[rows] = chunk_total.detach()
-            if div_rows is not None:
-                div_rows_all[rows] = div_rows.detach()
-            if ce_rows is not None:
-                ce_rows_all[rows] = ce_rows.detach()
-        ctx.save_for_backward(grad_s, grad_t)
-        ctx.reduce = reduce
-        side = [x for x in (div_rows_all, ce_rows_all) if x is not None]
+        args = (div, temperature, chunk_size, need_s, need_t)
+        per_row, div_rows, ce_rows, grad_s, grad_t = _chunked_pass(
+            student_logits, teacher_logits, targets, div_weights, ce_weights, *args
+        )
+        ctx.save_for_backward(student_logits, teacher_logits, targets, div_weights, ce_weights)
+        ctx.args, ctx.reduce, ctx.grads = args, reduce, (grad_s, grad_t)
+        side = [x for x in (div_rows, ce_rows) if x is not None]
         ctx.mark_non_differentiable(*side)
-        return (per_row.sum() if reduce else per_row), div_rows_all, ce_rows_all
+        return (per_row.sum() if reduce else per_row), div_rows, ce_rows
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, _grad_div, _grad_ce):
-        grad_s, grad_t = ctx.saved_tensors
+        grad_s, grad_t = _hand_over(ctx, lambda: _chunked_pass(*ctx.saved_tensors, *ctx.args)[3:])
         scale = grad_out if ctx.reduce else grad_out.unsqueeze(-1)  # scalar, or (N, 1) per position
-        return _scaled(grad_s, scale), _scaled(grad_t, scale), None, None, None, None, None, None, None
+        return _scale_(grad_s, scale), _scale_(grad_t, scale), None, None, None, None, None, None, None
 
 
 def _flat(x: Tensor | None, n_rows: int, name: str, trailing: tuple[int, ...] = ()) -> Tensor | None:
@@ -214,6 +232,59 @@ def chunked_per_token(
     return total, None if div_rows is None else div_rows.view(lead), None if ce_rows is None else ce_rows.view(lead)
 
 
+def _fused_pass(
+    hidden, weight, bias, teacher_logits, targets, div_weights, ce_weights, div, temperature, chunk_size, needs
+):
+    """Loss, its parts per row, and the gradients w.r.t. hidden states, LM-head weight and bias, chunk by chunk."""
+    n_rows = hidden.shape[0]
+    need_h, need_w, need_b = needs
+    grad_h = torch.empty_like(hidden) if need_h else None
+    acc = torch.promote_types(weight.dtype, torch.float32)  # accumulate the LM-head gradient in >= float32
+    grad_w = torch.zeros_like(weight, dtype=acc) if need_w else None
+    grad_b = torch.zeros_like(bias, dtype=acc) if need_b else None
+    loss = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
+    div_rows_all = loss.new_zeros(n_rows) if div is not None else None
+    ce_rows_all = loss.new_zeros(n_rows) if targets is not None else None
+    for start in range(0, n_rows, chunk_size):
+        rows = slice(start, min(start + chunk_size, n_rows))
+        h = hidden[rows].detach()
+        with torch.no_grad():
+            logits = F.linear(h, weight.detach(), None if bias is None else bias.detach())  # (chunk, V), the only ones
+        logits.requires_grad_(any(needs))
+        with torch.enable_grad():
+            chunk_total, div_rows, ce_rows = _row_loss(
+                logits,
+                None if teacher_logits is None else teacher_logits[rows],
+                None if targets is None else targets[rows],
+                div,
+                temperature,
+                None if div_weights is None else div_weights[rows],
+                None if ce_weights is None else ce_weights[rows],
+            )
+            chunk_loss = chunk_total.sum()
+        if logits.requires_grad:
+            (grad_logits,) = torch.autograd.grad(chunk_loss, logits)  # (chunk, V)
+            grad_logits = grad_logits.to(weight.dtype)
+            if need_h:
+                grad_h[rows] = grad_logits @ weight.detach()
+            if need_w:
+                grad_w.addmm_(grad_logits.t().to(acc), h.to(acc))
+            if need_b:
+                grad_b += grad_logits.to(acc).sum(0)
+            del grad_logits
+        loss += chunk_loss.detach()
+        if div_rows is not None:
+            div_rows_all[rows] = div_rows.detach()
+        if ce_rows is not None:
+            ce_rows_all[rows] = ce_rows.detach()
+    grads = (
+        grad_h,
+        None if grad_w is None else grad_w.to(weight.dtype),
+        None if grad_b is None else grad_b.to(bias.dtype),
+    )
+    return loss, div_rows_all, ce_rows_all, grads
+
+
 class _FusedLinearLoss(torch.autograd.Function):
     """(N, H) hidden states and (V, H) LM head -> scalar ``sum_n w_d D + w_ce CE``; logits one chunk at a time."""
 
@@ -221,61 +292,21 @@ class _FusedLinearLoss(torch.autograd.Function):
     def forward(
         ctx, hidden, weight, bias, teacher_logits, targets, div_weights, ce_weights, div, temperature, chunk_size
     ):
-        n_rows = hidden.shape[0]
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_b = bias is not None and ctx.needs_input_grad[2]
-        grad_h = torch.empty_like(hidden) if need_h else None
-        acc = torch.promote_types(weight.dtype, torch.float32)  # accumulate the LM-head gradient in >= float32
-        grad_w = torch.zeros_like(weight, dtype=acc) if need_w else None
-        grad_b = torch.zeros_like(bias, dtype=acc) if need_b else None
-        loss = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
-        div_rows_all = loss.new_zeros(n_rows) if div is not None else None
-        ce_rows_all = loss.new_zeros(n_rows) if targets is not None else None
-        for start in range(0, n_rows, chunk_size):
-            rows = slice(start, min(start + chunk_size, n_rows))
-            h = hidden[rows]
-            with torch.no_grad():
-                logits = F.linear(h, weight, bias)  # (chunk, V): the only student logits that ever exist
-            logits.requires_grad_(need_h or need_w or need_b)
-            with torch.enable_grad():
-                chunk_total, div_rows, ce_rows = _row_loss(
-                    logits,
-                    None if teacher_logits is None else teacher_logits[rows],
-                    None if targets is None else targets[rows],
-                    div,
-                    temperature,
-                    None if div_weights is None else div_weights[rows],
-                    None if ce_weights is None else ce_weights[rows],
-                )
-                chunk_loss = chunk_total.sum()
-            if logits.requires_grad:
-                (grad_logits,) = torch.autograd.grad(chunk_loss, logits)  # (chunk, V)
-                grad_logits = grad_logits.to(weight.dtype)
-                if need_h:
-                    grad_h[rows] = grad_logits @ weight
-                if need_w:
-                    grad_w.addmm_(grad_logits.t().to(acc), h.to(acc))
-                if need_b:
-                    grad_b += grad_logits.to(acc).sum(0)
-                del grad_logits
-            loss += chunk_loss.detach()
-            if div_rows is not None:
-                div_rows_all[rows] = div_rows.detach()
-            if ce_rows is not None:
-                ce_rows_all[rows] = ce_rows.detach()
-        ctx.save_for_backward(
-            grad_h,
-            None if grad_w is None else grad_w.to(weight.dtype),
-            None if grad_b is None else grad_b.to(bias.dtype),
-        )
-        side = [x for x in (div_rows_all, ce_rows_all) if x is not None]
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+        args = (div, temperature, chunk_size, needs)
+        tensors = (hidden, weight, bias, teacher_logits, targets, div_weights, ce_weights)
+        loss, div_rows, ce_rows, grads = _fused_pass(*tensors, *args)
+        ctx.save_for_backward(*tensors)
+        ctx.args, ctx.grads = args, grads
+        side = [x for x in (div_rows, ce_rows) if x is not None]
         ctx.mark_non_differentiable(*side)
-        return loss, div_rows_all, ce_rows_all
+        return loss, div_rows, ce_rows
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss, _grad_div, _grad_ce):
-        grad_h, grad_w, grad_b = (_scaled(g, grad_loss) for g in ctx.saved_tensors)
+        grads = _hand_over(ctx, lambda: _fused_pass(*ctx.saved_tensors, *ctx.args)[3])
+        grad_h, grad_w, grad_b = (_scale_(g, grad_loss) for g in grads)
         return grad_h, grad_w, grad_b, None, None, None, None, None, None, None
 
 

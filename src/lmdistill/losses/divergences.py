@@ -88,7 +88,7 @@ def reduce_per_token(per_token: Tensor, mask: Tensor | None, reduction: Reductio
         return masked.sum()
     if reduction == "mean":
         return masked.sum() / mask.sum().clamp_min(1)  # empty mask -> 0, not NaN
-    return masked.sum() / max(per_token.shape[0], 1)  # batchmean
+    return masked.sum() / max(per_token.shape[0] if per_token.dim() else 1, 1)  # batchmean; one position: / 1
 
 
 def reduction_weights(shape: torch.Size, mask: Tensor | None, reduction: Reduction, device=None) -> Tensor:

@@ -23,13 +23,14 @@ gkd           ``JSD(beta=0.5)`` at T = 1, mean over supervised positions, no CE,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmdistill.config import PRESETS, DistillationConfig, LossConfig, from_dict
+from lmdistill.config import PRESETS, DistillationConfig, FeatureLossConfig, LossConfig, from_dict
 from lmdistill.losses.chunked import chunked_per_token, fused_linear_loss
 from lmdistill.losses.divergences import (
     at_least_float32,
@@ -37,6 +38,7 @@ from lmdistill.losses.divergences import (
     reduce_per_token,
     reduction_weights,
 )
+from lmdistill.losses.features import AttentionLoss, EmbeddingLoss, HintLoss, layer_map, model_dims
 
 __all__ = ["IGNORE_INDEX", "DistillationObjective", "StudentOutput", "causal_lm_ce", "next_token_targets"]
 
@@ -83,11 +85,24 @@ class StudentOutput:
         logits (Tensor | None): (B, T, V), for the plain and chunked paths.
         hidden (Tensor | None): (B, T, H) final hidden states (after the final norm), for the fused path.
         lm_head (nn.Module | None): the output embedding (``weight`` (V, H), optional ``bias``), for the fused path.
+        hidden_states (tuple | None): L + 1 tensors (B, T, H) when a hint or embedding term needs them.
+        attentions (tuple | None): L tensors (B, heads, T, T) when an attention term needs them.
     """
 
     logits: Tensor | None = None
     hidden: Tensor | None = None
     lm_head: nn.Module | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+
+
+@dataclass
+class _FeatureTerm:
+    """A configured feature term; its module is built by ``DistillationObjective.setup``."""
+
+    name: str
+    spec: FeatureLossConfig
+    extra: dict = field(default_factory=dict)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -116,6 +131,8 @@ class DistillationObjective(nn.Module):
         t2_scaling (bool): multiply D by T^2.
         implementation (str): "plain", "chunked" or "fused".
         chunk_size (int | None): positions per chunk of the chunked and fused paths; None = automatic.
+        features (Sequence[FeatureLossConfig]): feature terms ``w_j * F_j`` (hint, attention, embedding); their
+            modules (learned projections) are built by ``setup`` once the student and teachers are known.
 
     Raises:
         ValueError: a value out of range (checked as the recipe's ``distillation`` section is).
@@ -133,6 +150,7 @@ class DistillationObjective(nn.Module):
         t2_scaling: bool = True,
         implementation: str = "plain",
         chunk_size: int | None = None,
+        features: Sequence[FeatureLossConfig] = (),
     ) -> None:
         super().__init__()
         cfg = DistillationConfig(  # validates ranges with the recipe's messages
@@ -154,6 +172,12 @@ class DistillationObjective(nn.Module):
         self.t2_scaling = cfg.t2_scaling
         self.implementation = implementation
         self.chunk_size = chunk_size
+        self._terms: list[_FeatureTerm] = []
+        for spec in features:
+            base = spec.kind
+            count = sum(t.spec.kind == base for t in self._terms)
+            self._terms.append(_FeatureTerm(base if count == 0 else f"{base}_{count}", spec))
+        self.feature_modules = nn.ModuleDict()  # projections etc., built by setup() from the models' configs
 
     # ------------------------------------------------------------------------------------------- constructors
 
@@ -171,6 +195,7 @@ class DistillationObjective(nn.Module):
             t2_scaling=cfg.t2_scaling,
             implementation=loss.implementation,
             chunk_size=loss.chunk_size,
+            features=cfg.features,
         )
 
     @classmethod
@@ -193,8 +218,60 @@ class DistillationObjective(nn.Module):
 
     @property
     def needs_teacher(self) -> bool:
-        """Whether the divergence term has non-zero weight."""
-        return self.alpha < 1.0
+        """Whether the divergence term has non-zero weight or a feature term matches a teacher."""
+        return self.alpha < 1.0 or bool(self._terms)
+
+    @property
+    def needs_hidden_states(self) -> bool:
+        """Whether a hint or embedding term needs ``output_hidden_states``."""
+        return any(t.spec.kind in ("hint", "embedding") for t in self._terms)
+
+    @property
+    def needs_attentions(self) -> bool:
+        """Whether an attention term needs ``output_attentions`` (eager attention)."""
+        return any(t.spec.kind == "attention" for t in self._terms)
+
+    @property
+    def feature_teachers(self) -> list[int]:
+        """Indices of the teachers whose features the terms match."""
+        return sorted({t.spec.teacher for t in self._terms})
+
+    def setup(self, student: nn.Module, teachers: Sequence[nn.Module]) -> DistillationObjective:
+        """Build the feature terms' modules (layer maps, learned projections) for these models; returns self.
+
+        Widths and depths come from the models' configs; the projections are initialised from the global torch
+        seed, live on the student's device, and are trained with the student (``parameters()``). Models whose
+        attentions are matched are switched to eager attention (the fused kernels return no attention weights).
+
+        Raises:
+            ValueError: a term names a teacher that is not there, or a layer map does not fit the models.
+        """
+        if not self._terms or len(self.feature_modules) == len(self._terms):
+            return self
+        student = _unwrap(student)
+        device = next(student.parameters()).device
+        for term in self._terms:
+            spec = term.spec
+            if spec.teacher >= len(teachers):
+                raise ValueError(
+                    f"feature term {term.name!r} matches teacher {spec.teacher}, but there are {len(teachers)}"
+                )
+            teacher = teachers[spec.teacher]
+            s, t = model_dims(student.config), model_dims(teacher.config)
+            if spec.kind == "embedding":
+                module = EmbeddingLoss(s.hidden_size, t.hidden_size, kind=spec.loss)
+            else:
+                layers = spec.layers if isinstance(spec.layers, str) else list(spec.layers)
+                pairs = layer_map(layers, s.num_layers, t.num_layers)
+                if spec.kind == "hint":
+                    module = HintLoss(s.hidden_size, t.hidden_size, pairs, kind=spec.loss)
+                else:
+                    module = AttentionLoss(pairs, kind=spec.loss)
+                    for model in (student, teacher):
+                        if getattr(model.config, "_attn_implementation", "eager") != "eager":
+                            model.set_attn_implementation("eager")
+            self.feature_modules[term.name] = module.to(device)
+        return self
 
     @property
     def divergence_scale(self) -> float:
@@ -212,8 +289,18 @@ class DistillationObjective(nn.Module):
             ValueError: the fused path on a model whose logits are not ``lm_head(last hidden state)`` (e.g. logit
                 soft-capping or scaling).
         """
+        extras = {}
+        if self.needs_hidden_states:
+            extras["output_hidden_states"] = True
+        if self.needs_attentions:
+            extras["output_attentions"] = True
         if self.implementation != "fused":
-            return StudentOutput(logits=model(input_ids=input_ids, attention_mask=attention_mask).logits)
+            out = model(input_ids=input_ids, attention_mask=attention_mask, **extras)
+            return StudentOutput(
+                logits=out.logits,
+                hidden_states=getattr(out, "hidden_states", None),
+                attentions=getattr(out, "attentions", None),
+            )
         inner = _unwrap(model)
         config = inner.config
         for key in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
@@ -222,8 +309,13 @@ class DistillationObjective(nn.Module):
                     f"loss.implementation=fused needs logits = lm_head(hidden states), but the model's config sets "
                     f"{key}={getattr(config, key)}; use 'chunked'"
                 )
-        hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return StudentOutput(hidden=hidden, lm_head=inner.get_output_embeddings())
+        out = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, **extras)
+        return StudentOutput(
+            hidden=out.last_hidden_state,
+            lm_head=inner.get_output_embeddings(),
+            hidden_states=getattr(out, "hidden_states", None),
+            attentions=getattr(out, "attentions", None),
+        )
 
     def forward(
         self,
@@ -231,6 +323,7 @@ class DistillationObjective(nn.Module):
         labels: Tensor,
         teacher_logits: Tensor | None = None,
         attention_mask: Tensor | None = None,
+        teacher_outputs: Sequence | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """Compute the loss and its terms.
 
@@ -239,21 +332,25 @@ class DistillationObjective(nn.Module):
             labels (Tensor): (B, T) input ids with -100 where not supervised (padding).
             teacher_logits (Tensor | None): (B, T, V), already combined over teachers (see ``TeacherEnsemble``);
                 required when alpha < 1.
-            attention_mask (Tensor | None): (B, T) real (1) vs padding (0) positions; used by "batchmean".
+            attention_mask (Tensor | None): (B, T) real (1) vs padding (0) positions; used by "batchmean" and
+                the feature terms.
+            teacher_outputs (Sequence | None): each teacher's model output (with ``hidden_states`` and/or
+                ``attentions``), required by feature terms; see ``TeacherEnsemble.forward_features``.
 
         Returns:
-            tuple: scalar loss (with gradient), and ``{"loss", "ce"[, D's name]}`` as floats (D without T^2).
+            tuple: scalar loss (with gradient), and ``{"loss", "ce"[, D's name][, each feature term's name]}`` as
+            floats (D without T^2, each feature term without its weight).
 
         Raises:
-            ValueError: a teacher is needed but missing, teacher and student vocabularies differ, or the student
-                output does not fit the path.
+            ValueError: a teacher is needed but missing, teacher and student vocabularies differ, the student
+                output does not fit the path, or feature terms lack their inputs (or ``setup`` was not called).
         """
         if isinstance(student, Tensor):
             student = StudentOutput(logits=student)
         targets = next_token_targets(labels)  # (B, T)
         supervised = targets != IGNORE_INDEX
         ce_weights = reduction_weights(targets.shape, supervised, "mean", device=targets.device)
-        div = self.divergence if self.needs_teacher else None
+        div = self.divergence if self.alpha < 1.0 else None
         div_weights = None
         if div is not None:
             if teacher_logits is None:
@@ -267,10 +364,34 @@ class DistillationObjective(nn.Module):
             loss, ce, d = self._plain(student, teacher_logits, targets, div, ce_weights, div_weights)
         else:
             loss, ce, d = self._memory_bounded(student, teacher_logits, targets, div, ce_weights, div_weights)
-        terms = {"loss": loss.item(), "ce": ce.item()}
+        values = {"ce": ce}
         if d is not None:
-            terms[self.divergence.name] = d.item()
-        return loss, terms
+            values[self.divergence.name] = d
+        for name, value in self._features(student, teacher_outputs, attention_mask).items():
+            loss = loss + self._weight(name) * value
+            values[name] = value
+        return loss, {"loss": loss.item(), **{k: v.item() for k, v in values.items()}}
+
+    def _weight(self, name: str) -> float:
+        return next(t.spec.weight for t in self._terms if t.name == name)
+
+    def _features(self, student: StudentOutput, teacher_outputs, attention_mask) -> dict[str, Tensor]:
+        if not self._terms:
+            return {}
+        if len(self.feature_modules) != len(self._terms):
+            raise ValueError("feature terms are not built: call objective.setup(student_model, teacher_models) first")
+        if teacher_outputs is None:
+            raise ValueError("feature terms need the teachers' outputs (teacher_outputs), got None")
+        mask = None if attention_mask is None else attention_mask.bool()
+        values = {}
+        for term in self._terms:
+            teacher = teacher_outputs[term.spec.teacher]
+            module = self.feature_modules[term.name]
+            if term.spec.kind == "attention":
+                values[term.name] = module(student.attentions, getattr(teacher, "attentions", None), mask)
+            else:
+                values[term.name] = module(student.hidden_states, getattr(teacher, "hidden_states", None), mask)
+        return values
 
     def _plain(self, student, teacher_logits, targets, div, ce_weights, div_weights):
         if student.logits is None:

@@ -79,7 +79,39 @@ class TeacherEnsemble:
         Returns:
             Tensor: (B, T, V) float32 logits with ``softmax(logits / T)`` the ensemble distribution at T.
         """
-        all_logits = [t(input_ids=input_ids, attention_mask=attention_mask).logits.float() for t in self.teachers]
+        return self.forward_features(input_ids, attention_mask, temperature)[0]
+
+    @torch.no_grad()
+    def forward_features(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        temperature: float = 1.0,
+        *,
+        hidden_states: bool = False,
+        attentions: bool = False,
+    ) -> tuple[Tensor, list]:
+        """Combined teacher logits and each teacher's model output (for feature losses).
+
+        Args:
+            input_ids (Tensor): (B, T) token ids.
+            attention_mask (Tensor | None): (B, T).
+            temperature (float): T of the "probs" rule.
+            hidden_states (bool): ask every teacher for ``output_hidden_states``.
+            attentions (bool): ask every teacher for ``output_attentions`` (needs eager attention).
+
+        Returns:
+            tuple: (B, T, V) float32 combined logits as ``__call__``, and the teachers' outputs in order.
+        """
+        extras = {}
+        if hidden_states:
+            extras["output_hidden_states"] = True
+        if attentions:
+            extras["output_attentions"] = True
+        outputs = [t(input_ids=input_ids, attention_mask=attention_mask, **extras) for t in self.teachers]
+        return self._combine([o.logits.float() for o in outputs], temperature), outputs
+
+    def _combine(self, all_logits: list[Tensor], temperature: float) -> Tensor:
         if len(all_logits) == 1:
             return all_logits[0]
         if self.rule == "logits":
