@@ -116,3 +116,73 @@ def test_distillation_moves_the_student_towards_the_teachers(tmp_path):
     assert all(not p.requires_grad for t in teachers for p in t.parameters())
     record = json.loads((tmp_path / "kd" / "metrics.jsonl").read_text().splitlines()[0])
     assert {"loss", "ce", "forward_kl", "lr", "step"} <= set(record)
+
+
+def _wide_llama(seed):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(arch="llama", num_layers=4, num_heads=4, hidden_size=32, intermediate_size=64, dropout=0.0)
+    return build_model(cfg, vocab_size=V, block_size=T, bos_id=1, eos_id=2, pad_id=0)
+
+
+@pytest.mark.parametrize("implementation", ["plain", "fused"])
+def test_feature_terms_train_their_projections_save_and_resume(tmp_path, implementation):
+    """Hint + attention + embedding terms: the projections learn, are saved with the run and restored on resume."""
+    from lmdistill.config import FeatureLossConfig
+    from lmdistill.losses import load_projections
+
+    blocks, dev = _data()
+    features = [
+        FeatureLossConfig(kind="hint", weight=1.0, layers="uniform"),
+        FeatureLossConfig(kind="attention", weight=0.5, loss="kl", layers="last"),
+        FeatureLossConfig(kind="embedding", weight=0.1),
+    ]
+
+    def objective():
+        return DistillationObjective(alpha=0.5, temperature=2.0, implementation=implementation, features=features)
+
+    def run(name, **kw):
+        ensemble = TeacherEnsemble([_wide_llama(1)], "logits")
+        torch.manual_seed(3)
+        return train(
+            _model(seed=3, dropout=0.0),
+            blocks,
+            dev,
+            CFG,
+            tmp_path / name,
+            objective=kw.pop("obj"),
+            teacher=ensemble,
+            **kw,
+        )
+
+    full_objective = objective()
+    full = run("full", obj=full_objective)
+    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if "hint" in r]
+    assert {"loss", "ce", "forward_kl", "hint", "attention", "embedding"} <= set(train_records[0])
+    assert (
+        train_records[-1]["hint"] < 0.7 * train_records[0]["hint"]
+    )  # student + projection learn the teacher's features
+    # the loss is the weighted sum of its logged terms (first step: no averaging across steps)
+    r = train_records[0]
+    total = 0.5 * r["ce"] + 0.5 * 4 * r["forward_kl"] + r["hint"] + 0.5 * r["attention"] + 0.1 * r["embedding"]
+    assert r["loss"] == pytest.approx(total, rel=1e-4)
+    saved = load_file(full.final_dir / "objective.safetensors")
+    assert set(saved) == set(full_objective.state_dict()) and any("projections" in k for k in saved)
+    restored = objective().setup(_model(seed=9), [_wide_llama(1)])
+    load_projections(restored, full.final_dir / "objective.safetensors")
+    for k, v in full_objective.state_dict().items():
+        torch.testing.assert_close(restored.state_dict()[k], v.cpu())
+
+    def ctrl_c(step):
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        run("cut", obj=objective(), on_step=ctrl_c)
+    assert (tmp_path / "cut" / "checkpoints" / "step-0000007" / "objective.safetensors").is_file()
+    resumed_objective = objective()
+    resumed = run("cut", obj=resumed_objective)
+    for k, v in _weights(full.final_dir).items():
+        torch.testing.assert_close(_weights(resumed.final_dir)[k], v, atol=1e-5, rtol=1e-5)
+    for k, v in full_objective.state_dict().items():
+        torch.testing.assert_close(resumed_objective.state_dict()[k], v, atol=1e-5, rtol=1e-5)
