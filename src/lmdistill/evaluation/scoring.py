@@ -104,15 +104,15 @@ class HFLogitsFn:
         if body is None or body is self.model or not isinstance(head, torch.nn.Linear):
             self._fast = False
             return self(input_ids)[rows, cols]
-        hidden = body(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, T, H)
-        logits = head(hidden[rows, cols])  # (N, V)
-        if self._fast is None:  # first call: the shortcut must give the model's own logits
-            full = self(input_ids)[rows, cols]
-            self._fast = bool(torch.allclose(logits.float(), full.float(), atol=1e-4, rtol=1e-4))
+        if self._fast is None:  # first call: the shortcut must give the model's own logits (checked on one row)
+            one = input_ids[:1]
+            shortcut = head(body(input_ids=one, use_cache=False).last_hidden_state)
+            self._fast = bool(torch.allclose(shortcut.float(), self(one).float(), atol=1e-4, rtol=1e-4))
             if not self._fast:
                 logger.warning("%s: LM head is not a plain linear map; scoring with full logits", type(self.model))
-                return full
-        return logits
+                return self(input_ids)[rows, cols]
+        hidden = body(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, T, H)
+        return head(hidden[rows, cols])  # (N, V)
 
 
 _WINDOW_KEYS = ("n_positions", "max_position_embeddings", "n_ctx")
