@@ -52,7 +52,8 @@ def aggregate(spec: TaskSpec, docs: Sequence[Doc], item_metrics: Sequence[dict[s
         item_metrics (Sequence[dict]): N dicts from :func:`score_item`.
 
     Returns:
-        dict: ``task``, ``num_items``, each metric (mean over items, in [0, 1]); with sub-groups also
+        dict: ``task``, ``num_items``, each metric (mean over items, in [0, 1]), ``chance`` (expected accuracy of
+        a uniform guess); with sub-groups also
         ``groups`` ({key: {name: {metric: mean, "num_items": n}}}, names sorted) and ``macro`` ({metric: mean over
         the finest sub-groups}).
 
@@ -62,6 +63,7 @@ def aggregate(spec: TaskSpec, docs: Sequence[Doc], item_metrics: Sequence[dict[s
     if not docs:
         raise ValueError(f"task {spec.name}: no items to evaluate")
     result: dict[str, Any] = {"task": spec.name, **_means(list(item_metrics), spec.metrics)}
+    result["chance"] = sum(1 / len(d.continuations) for d in docs) / len(docs)
     if spec.group_keys:
         groups: dict[str, dict[str, Any]] = {}
         for key in spec.group_keys:

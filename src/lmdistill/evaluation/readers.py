@@ -98,7 +98,8 @@ def read_csv(path: Path, columns: tuple[str, ...], limit: int | None = None) -> 
             if not cells:
                 continue
             if len(cells) != len(header):  # type: ignore[arg-type]
-                raise MalformedRowError(f"{where}: malformed row, {len(cells)} cells where the header has {len(header)}")  # type: ignore[arg-type]
+                expected = len(header)  # type: ignore[arg-type]
+                raise MalformedRowError(f"{where}: malformed row, {len(cells)} cells where the header has {expected}")
             count += 1
             yield where, dict(zip(header, cells, strict=True))  # type: ignore[arg-type]
 

@@ -18,7 +18,7 @@ from lmdistill.evaluation.metrics import aggregate, score_item
 from lmdistill.evaluation.scoring import Request, loglikelihood
 from lmdistill.evaluation.tasks import Doc, TaskSpec, get_task, load_docs
 
-__all__ = ["evaluate_tasks", "resolve_tasks"]
+__all__ = ["evaluate_tasks", "resolve_tasks", "task_specs"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,20 @@ def resolve_tasks(tasks: Sequence[str | TaskSpec] | str) -> list[TaskSpec]:
     if not specs:
         raise ValueError("no tasks to evaluate")
     return list({s.name: s for s in specs}.values())
+
+
+def task_specs(config: Any) -> list[TaskSpec]:
+    """The task specs of a recipe's ``evaluation`` section (``EvaluationConfig``), BLiMP options applied.
+
+    Raises:
+        KeyError: an unknown task name.
+    """
+    specs = resolve_tasks(config.tasks) if config.tasks else []
+    subsets = tuple(config.blimp_paradigms) if config.blimp_paradigms is not None else None
+    return [
+        s.replace(subsets=subsets, target_delimiter=config.blimp_target_delimiter) if s.name == "blimp" else s
+        for s in specs
+    ]
 
 
 def evaluate_tasks(

@@ -1,4 +1,4 @@
-"""Zero-shot tasks: data under the data root plus a small spec each, written as lm-evaluation-harness 0.4.13 has them.
+r"""Zero-shot tasks: data under the data root plus a small spec each, written as lm-evaluation-harness 0.4.13 has them.
 
 Every task is multiple choice: a :class:`Doc` has one ``(context, continuation)`` request per choice and a gold
 index. ``acc`` takes the choice with the highest log-likelihood; ``acc_norm`` divides each log-likelihood by the
@@ -7,9 +7,9 @@ length of the choice text in characters first (lm-eval's ``acc_norm``). Ties go 
 | task | data (under the data root) | lm-eval task | requests per item |
 |---|---|---|---|
 | blimp | blimp/<paradigm>.jsonl | blimp_<paradigm> | ``("", " " + good)``, ``("", " " + bad)`` |
-| arc_easy | zero_shot/arc_easy/test.jsonl | arc_easy | ``("Question: q\\nAnswer:", " " + choice)`` |
+| arc_easy | zero_shot/arc_easy/test.jsonl | arc_easy | ``("Question: q\nAnswer:", " " + choice)`` |
 | arc_easy_validation | zero_shot/arc_easy/validation.jsonl | arc_easy on its validation split | as arc_easy |
-| winogrande | zero_shot/winogrande/dev.jsonl | winogrande (partial scoring) | ``(sentence up to option, " " + rest)`` |
+| winogrande | zero_shot/winogrande/dev.jsonl | winogrande (partial) | ``(sentence up to option, " " + rest)`` |
 | mmlu | zero_shot/mmlu/test/<subject>_test.csv | mmlu_<subject>, zero-shot | ``(description + question, " A")``.. |
 | hellaswag | zero_shot/hellaswag/hellaswag_val.jsonl | hellaswag | ``(activity: context, " " + ending)`` |
 
@@ -214,7 +214,8 @@ def _load_mmlu(root: Path, spec: TaskSpec, limit: int | None) -> list[Doc]:
                 raise MalformedRowError(f"{where}: answer must be 0, 1, 2 or 3, got {row['answer']!r}")
             a, b, c, d = (row[f"choice{i}"] for i in range(4))
             context = f"{description}\n\n{row['question'].strip()}\nA. {a}\nB. {b}\nC. {c}\nD. {d}\nAnswer:"
-            docs.append(_choices([context] * 4, list("ABCD"), int(row["answer"]), spec.target_delimiter, subject=subject))
+            gold = int(row["answer"])
+            docs.append(_choices([context] * 4, list("ABCD"), gold, spec.target_delimiter, subject=subject))
     return docs
 
 
