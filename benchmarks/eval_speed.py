@@ -135,7 +135,8 @@ def main() -> int:
         "",
         "| scorer | seconds | items / s | requests / s |",
         "| --- | ---: | ---: | ---: |",
-        f"| lmdistill `loglikelihood` | {best_ours:.2f} | {num_items / best_ours:.1f} | {len(requests) / best_ours:.1f} |",
+        f"| lmdistill `loglikelihood` | {best_ours:.2f} | {num_items / best_ours:.1f} | "
+        f"{len(requests) / best_ours:.1f} |",
         f"| lm-eval `HFLM.loglikelihood` | {best_theirs:.2f} | {num_items / best_theirs:.1f} | "
         f"{len(requests) / best_theirs:.1f} |",
         "",
