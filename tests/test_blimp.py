@@ -80,11 +80,12 @@ def test_a_model_that_prefers_one_sentence_scores_all_or_nothing(tiny_tokenizer)
     assert result["macro_paradigm"] == 0.5
 
 
-def test_ties_count_as_wrong(tiny_tokenizer):
+def test_ties_go_to_the_good_sentence_as_in_lm_eval(tiny_tokenizer):
     pair = MinimalPair("p", "syntax", "term", "0", good="ab", bad="ba")
     assert len(tiny_tokenizer(pair.good).input_ids) == len(tiny_tokenizer(pair.bad).input_ids)
     uniform = lambda ids, mask: torch.zeros(*ids.shape, len(tiny_tokenizer))  # noqa: E731
-    assert evaluate_blimp(uniform, tiny_tokenizer, [pair])["overall"] == 0.0
+    # lm-eval takes np.argmax over (good, bad): on a tie the first, the good sentence, is predicted
+    assert evaluate_blimp(uniform, tiny_tokenizer, [pair])["overall"] == 1.0
     with pytest.raises(ValueError, match="at least one"):
         evaluate_blimp(uniform, tiny_tokenizer, [])
 

@@ -110,3 +110,36 @@ def test_resume_without_a_run_folder_uses_the_default_recipe_folder(tmp_path, mo
 def test_resume_a_folder_without_recipe_yaml_is_an_error(tmp_path, capsys):
     assert main(["run", "--resume", "--run-dir", str(tmp_path)]) == 2
     assert "no recipe.yaml" in capsys.readouterr().err
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tiny_llama, tiny_tokenizer):
+    folder = tmp_path / "tiny"
+    tiny_llama.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_eval_writes_results_table_and_plot(tiny_model_dir, tmp_path, data_root, capsys):
+    import json
+
+    out = tmp_path / "out"
+    args = ["eval", str(tiny_model_dir), "--tasks", "arc_easy,winogrande", "--limit", "3", "--output-dir", str(out)]
+    assert main([*args, "--data-root", str(data_root)]) == 0
+    results = json.loads((out / "tiny" / "results.json").read_text())
+    assert results["tasks"] == ["arc_easy", "winogrande"] and results["limit"] == 3
+    assert results["results"]["arc_easy"]["num_items"] == 3 and "acc_norm" in results["results"]["arc_easy"]
+    assert "arc_easy (norm)" in (out / "comparison.md").read_text()
+    assert (out / "tasks.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| tiny |" in capsys.readouterr().out
+
+
+def test_eval_bad_input_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
+    assert main(["eval", str(tiny_model_dir), "--tasks", "blimp,arc_esy", "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown task 'arc_esy'. Did you mean: arc_easy?" in err and "winogrande" in err
+    assert main(["eval", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "o")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert main(["eval", "--list-tasks"]) == 0
+    assert "mmlu" in capsys.readouterr().out

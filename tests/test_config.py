@@ -68,11 +68,11 @@ def test_cpu_recipe_keeps_the_paper_ratios():
 def test_overrides_apply_to_nested_keys_and_list_items():
     r = load_recipe(
         "babyllama-smoke",
-        ["teachers.1.train.lr=1e-4", "distillation.reduction=batchmean", "evaluation.blimp_limit=null"],
+        ["teachers.1.train.lr=1e-4", "distillation.reduction=batchmean", "evaluation.limit=null"],
     )
     assert r.teachers[1].train.lr == 1e-4
     assert r.distillation.reduction == "batchmean"
-    assert r.evaluation.blimp_limit is None
+    assert r.evaluation.limit is None
 
 
 def test_unknown_key_suggests_the_closest():

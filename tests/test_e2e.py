@@ -38,7 +38,7 @@ def test_run_writes_every_output(smoke_run):
         records = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
         assert any("loss" in r for r in records) and any(r.get("event") == "dev" for r in records)
         assert list((stage / "tb").glob("events.out.tfevents.*"))
-        assert (stage / "blimp.json").is_file()
+        assert (stage / "eval.json").is_file()
     results = json.loads((run_dir / "results.json").read_text())
     assert list(results["models"]) == MODELS
     assert {"recipe", "versions", "data", "wall_time_s", "recipe_name"} <= set(results)
@@ -49,6 +49,11 @@ def test_run_writes_every_output(smoke_run):
         blimp = entry["blimp"]
         assert blimp["num_pairs"] == 67 * 2 and 0.0 <= blimp["overall"] <= 1.0
         assert len(blimp["per_paradigm"]) == 67 and set(blimp["per_field"]) >= {"syntax", "semantics", "morphology"}
+        tasks = entry["eval"]
+        assert list(tasks) == ["blimp", "arc_easy", "winogrande", "mmlu"]
+        assert tasks["blimp"]["acc"] == blimp["overall"]
+        assert tasks["arc_easy"]["num_items"] == 2 and tasks["winogrande"]["num_items"] == 2
+        assert tasks["mmlu"]["num_items"] == 57 * 2 and len(tasks["mmlu"]["groups"]["subject"]) == 57
     teachers = [results["models"][n]["num_parameters"] for n in ("gpt2-teacher", "llama-teacher")]
     assert results["models"]["ensemble"]["num_parameters"] == sum(teachers)
     # the baseline and the student start from the same initialisation but train differently
@@ -56,7 +61,8 @@ def test_run_writes_every_output(smoke_run):
     report = (run_dir / "report.md").read_text()
     for name in MODELS:
         assert name in report
-    for png in ("training_curves.png", "blimp_fields.png"):
+    assert "arc_easy (norm)" in report and "mmlu" in report
+    for png in ("training_curves.png", "blimp_fields.png", "tasks.png"):
         assert (run_dir / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -81,6 +87,7 @@ def test_rerun_without_resume_is_refused_and_resume_reuses_everything(smoke_run,
     assert (run_dir / "models" / "student" / "final" / "model.safetensors").stat().st_mtime_ns == weights
     for name in MODELS:
         assert after["models"][name]["blimp"] == before["models"][name]["blimp"]
+        assert after["models"][name]["eval"] == before["models"][name]["eval"]
         assert after["models"][name]["dev_loss"] == pytest.approx(before["models"][name]["dev_loss"])
         assert after["models"][name]["train_time_s"] == before["models"][name]["train_time_s"]
     # resuming with a different recipe is refused, naming the key that differs

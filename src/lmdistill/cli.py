@@ -83,6 +83,35 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from lmdistill.evaluation.tasks import TASKS
+
+    if args.list_tasks:
+        for name in TASKS:
+            spec = TASKS.get(name)
+            print(f"{name:20s} {', '.join(spec.metrics):14s} {spec.description}")
+        return 0
+    if not args.model_dirs:
+        print("error: eval needs at least one MODEL_DIR (or --list-tasks)", file=sys.stderr)
+        return 2
+    from lmdistill.evaluation.checkpoints import evaluate_checkpoints
+    from lmdistill.reporting.tasks import task_table
+
+    evals = evaluate_checkpoints(
+        args.model_dirs,
+        args.tasks,
+        output_dir=args.output_dir,
+        data_root=args.data_root,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        backend=args.backend,
+        device=args.device,
+    )
+    print(task_table(evals), end="")
+    print(f"wrote {args.output_dir}/<model>/results.json, comparison.md, tasks.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lmdistill`` and its subcommands."""
     parser = argparse.ArgumentParser(
@@ -116,6 +145,25 @@ def build_parser() -> argparse.ArgumentParser:
     recipes.add_argument("--resolved", action="store_true", help="show: print the recipe with defaults filled in")
     recipes.add_argument("--data-root", help="validate: also check that the recipe's data files exist here")
     recipes.set_defaults(handler=_cmd_recipes)
+
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate checkpoint folders on zero-shot tasks (BLiMP, ARC-Easy, WinoGrande, MMLU, ...)",
+        description="Score Hugging Face checkpoint folders on zero-shot tasks from the data root, as "
+        "lm-evaluation-harness 0.4.13 scores them (acc, acc_norm). Writes OUT/<model>/results.json, "
+        "OUT/comparison.md and OUT/tasks.png.",
+    )
+    ev.add_argument("model_dirs", nargs="*", metavar="MODEL_DIR", help="checkpoint folders (with their tokenizer)")
+    ev.add_argument("--tasks", default="blimp,arc_easy,winogrande,mmlu", help="comma-separated task names")
+    ev.add_argument("--limit", type=int, help="first N items per task / BLiMP paradigm / MMLU subject")
+    ev.add_argument("--output-dir", default="runs/eval", help="results folder (default: runs/eval)")
+    ev.add_argument("--backend", choices=["lmdistill", "harness"], default="lmdistill",
+                    help="our scorer, or lm-evaluation-harness (pip install 'lmdistill[harness]')")  # fmt: skip
+    ev.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
+    ev.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    ev.add_argument("--data-root", help="data folder (default: $LMDISTILL_DATA, else ../shared/data)")
+    ev.add_argument("--list-tasks", action="store_true", help="list the tasks and exit")
+    ev.set_defaults(handler=_cmd_eval)
 
     report = sub.add_parser("report", help="rebuild report.md and plots of run folders; compare several runs")
     report.add_argument("run_dirs", nargs="+", help="run folders holding results.json")
@@ -155,7 +203,15 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = getattr(args, "run_dir", None) or "RUN_DIR"
         print(f"\ninterrupted: {err}. Resume with: lmdistill run --resume --run-dir {run_dir}", file=sys.stderr)
         return 130
-    except (ConfigError, RunFolderError, NonFiniteLossError, FileNotFoundError, KeyError, ValueError) as err:
+    except (
+        ConfigError,
+        RunFolderError,
+        NonFiniteLossError,
+        FileNotFoundError,
+        KeyError,
+        ValueError,
+        ImportError,
+    ) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         return 2 if not isinstance(err, NonFiniteLossError) else 3

@@ -367,21 +367,32 @@ class LossConfig:
 
 @dataclass
 class EvaluationConfig:
-    """Zero-shot evaluation after training."""
+    """Zero-shot evaluation after training: every model on each task, scored as lm-evaluation-harness 0.4.13 does."""
 
-    blimp: bool = True
-    """Evaluate on BLiMP minimal pairs."""
-    blimp_limit: int | None = None
-    """Pairs per paradigm (the first N); None = all 1,000."""
+    tasks: list[str] = field(default_factory=lambda: ["blimp"])
+    """Task names (``lmdistill eval --list-tasks``): blimp, arc_easy, arc_easy_validation, winogrande, mmlu,
+    hellaswag."""
+    limit: int | None = None
+    """Items per task, or per sub-task (BLiMP paradigm, MMLU subject), the first N, as lm-eval's --limit;
+    None = all."""
     blimp_paradigms: list[str] | None = None
-    """Paradigm names (file stems) to evaluate; None = all 67."""
+    """BLiMP paradigm names (file stems) to evaluate; None = all 67."""
     blimp_target_delimiter: str = " "
     """Text before each BLiMP sentence: " " as lm-eval >= 0.4 scores it; "" as BabyLM 2023 / lm-eval 0.3."""
     batch_size: int = 64
-    """Sentences per forward pass."""
+    """Rows (distinct inputs) per forward pass."""
 
     def __post_init__(self) -> None:
-        _check(self.blimp_limit is None or self.blimp_limit >= 1, "blimp_limit", "must be >= 1 or null")
+        from lmdistill.evaluation.tasks import TASKS
+
+        for i, name in enumerate(self.tasks):
+            _check(
+                name in TASKS,
+                f"tasks.{i}",
+                f"unknown task {name!r}.{did_you_mean(name, TASKS.names())} Known: {', '.join(TASKS.names())}",
+            )
+        _check(len(set(self.tasks)) == len(self.tasks), "tasks", f"a task is named twice: {self.tasks}")
+        _check(self.limit is None or self.limit >= 1, "limit", "must be >= 1 or null")
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
 
 

@@ -1,24 +1,22 @@
 """``lmdistill run``: one Baby Llama experiment from a recipe, stage by stage, resumable from its run folder.
 
-data -> tokenizer -> teachers -> baseline (no KD) -> distilled student -> BLiMP -> results.json -> report.
+data -> tokenizer -> teachers -> baseline (no KD) -> distilled student -> zero-shot tasks -> results.json -> report.
 
 Run folder::
 
     RUN/recipe.yaml            resolved recipe (a resumed run must match it)
     RUN/tokenizer/             the shared BPE tokenizer (transformers folder)
-    RUN/models/<name>/         per model: checkpoints/, final/ (HF folder), metrics.jsonl, tb/, blimp.json
+    RUN/models/<name>/         per model: checkpoints/, final/ (HF folder), metrics.jsonl, tb/, eval.json
     RUN/results.json, RUN/report.md, RUN/plots/*.png
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import platform
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,7 +34,8 @@ from lmdistill.data.corpus import file_sha256, load_corpus, source_files
 from lmdistill.data.root import resolve_data_root
 from lmdistill.data.tokenizer import load_tokenizer, save_tokenizer, tokenizer_fingerprint, train_tokenizer
 from lmdistill.data.tokens import tokenize_documents
-from lmdistill.evaluation.blimp import evaluate_blimp, load_blimp
+from lmdistill.evaluation.blimp import blimp_summary
+from lmdistill.evaluation.runner import evaluate_tasks, task_specs
 from lmdistill.evaluation.scoring import hf_logits_fn
 from lmdistill.losses.objective import DistillationObjective
 from lmdistill.models import build_model, count_parameters, load_model
@@ -237,25 +236,26 @@ def _check_shared_tokenizer(models: dict[str, Any], vocab_size: int) -> None:
             )
 
 
-def _blimp(
-    name: str, logits_fn, data: _Data, recipe: RecipeConfig, pairs: Callable[[], list], run_dir: Path
-) -> dict | None:
-    if not recipe.evaluation.blimp:
-        return None
-    cached = run_dir / "models" / name / "blimp.json"
-    if cached.exists():
-        return json.loads(cached.read_text())
-    result = evaluate_blimp(
-        logits_fn,
-        data.tokenizer,
-        pairs(),
-        batch_size=recipe.evaluation.batch_size,
-        progress=f"BLiMP {name}",
-        target_delimiter=recipe.evaluation.blimp_target_delimiter,
-    )
-    write_json(cached, result)
-    log.info("%s: BLiMP %.1f%% over %d pairs", name, 100 * result["overall"], result["num_pairs"])
-    return result
+def _evaluate(name: str, model: Any, data: _Data, recipe: RecipeConfig, root: Path, run_dir: Path) -> dict:
+    """Every task of the recipe on one model, through the same code as ``lmdistill eval``; cached per model."""
+    cached = run_dir / "models" / name / "eval.json"
+    done = json.loads(cached.read_text()) if cached.exists() else {}
+    specs = task_specs(recipe.evaluation)
+    missing = [s for s in specs if s.name not in done]
+    if missing:
+        done.update(
+            evaluate_tasks(
+                model,
+                data.tokenizer,
+                missing,
+                data_root=root,
+                limit=recipe.evaluation.limit,
+                batch_size=recipe.evaluation.batch_size,
+                progress=f"eval {name}",
+            )
+        )
+        write_json(cached, done)
+    return {s.name: done[s.name] for s in specs}
 
 
 def run_experiment(
@@ -338,13 +338,11 @@ def run_experiment(
     if recipe.baseline:
         logits_fns["baseline"] = hf_logits_fn(baseline_model.to(device))
     logits_fns["student"] = hf_logits_fn(student_model.to(device))
-    blimp_pairs = functools.cache(
-        lambda: load_blimp(root, recipe.evaluation.blimp_paradigms, recipe.evaluation.blimp_limit)
-    )
     for name, fn in logits_fns.items():
-        blimp = _blimp(name, fn, data, recipe, blimp_pairs, run_dir)
-        if blimp is not None:
-            results[name]["blimp"] = blimp
+        if recipe.evaluation.tasks:
+            results[name]["eval"] = _evaluate(name, fn, data, recipe, root, run_dir)
+            if "blimp" in results[name]["eval"]:
+                results[name]["blimp"] = blimp_summary(results[name]["eval"]["blimp"])
 
     payload = {
         "recipe_name": recipe.name,

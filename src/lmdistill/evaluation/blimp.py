@@ -1,7 +1,7 @@
 """BLiMP minimal pairs (Warstadt et al., 2020, arXiv:1912.00582): loading and zero-shot accuracy.
 
-A pair is answered correctly when the model gives the grammatical sentence a higher total log-probability
-than the ungrammatical one, both scored from an empty context (see :func:`~lmdistill.evaluation.scoring.score_texts`).
+A pair is answered correctly when the model gives the grammatical sentence at least the total log-probability
+of the ungrammatical one, both scored from an empty context, as lm-eval's ``blimp_*`` tasks do.
 Data: ``<data_root>/blimp/<paradigm>.jsonl``, one JSON object per line with ``sentence_good``, ``sentence_bad``,
 ``field``, ``linguistics_term``, ``UID`` and ``pairID``; the paradigms are whatever files are there.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,10 @@ from typing import Any
 import torch
 
 from lmdistill.data.root import resolve_data_root
-from lmdistill.evaluation.scoring import LogitsFn, score_texts
+from lmdistill.evaluation.scoring import LogitsFn, Request, loglikelihood
 from lmdistill.registry import did_you_mean
 
-__all__ = ["MinimalPair", "evaluate_blimp", "list_paradigms", "load_blimp"]
+__all__ = ["MinimalPair", "blimp_summary", "evaluate_blimp", "list_paradigms", "load_blimp"]
 
 logger = logging.getLogger(__name__)
 
@@ -149,11 +148,21 @@ def load_blimp(
     return pairs
 
 
-def _mean_by(keys: list[str], correct: list[bool]) -> dict[str, float]:
-    groups: dict[str, list[bool]] = defaultdict(list)
-    for key, ok in zip(keys, correct, strict=True):
-        groups[key].append(ok)
-    return {key: sum(oks) / len(oks) for key, oks in sorted(groups.items())}
+def blimp_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The BLiMP view of a ``blimp`` task result (see ``lmdistill.evaluation.metrics.aggregate``).
+
+    Returns:
+        dict: ``overall`` (accuracy over all pairs in [0, 1]), ``macro_paradigm`` (mean of the per-paradigm
+        accuracies), ``per_field`` ({field: accuracy}), ``per_paradigm`` ({paradigm: accuracy}), ``num_pairs``.
+    """
+    groups = result.get("groups", {})
+    return {
+        "overall": result["acc"],
+        "macro_paradigm": result["macro"]["acc"],
+        "per_field": {name: g["acc"] for name, g in groups.get("field", {}).items()},
+        "per_paradigm": {name: g["acc"] for name, g in groups.get("paradigm", {}).items()},
+        "num_pairs": result["num_items"],
+    }
 
 
 def evaluate_blimp(
@@ -166,40 +175,40 @@ def evaluate_blimp(
     progress: str | None = None,
     target_delimiter: str = " ",
 ) -> dict[str, Any]:
-    """Zero-shot BLiMP accuracy: a pair is correct when ``log P(good) > log P(bad)`` (a tie counts as wrong).
+    """Zero-shot BLiMP accuracy of given pairs: a pair is correct when ``log P(good) >= log P(bad)``.
 
-    Both sentences are scored from an empty context (BOS, else EOS) with
-    :func:`~lmdistill.evaluation.scoring.score_texts`, in one length-sorted pass over all 2N sentences.
+    As lm-eval's ``blimp_*`` tasks: the requests are ``("", target_delimiter + sentence)`` (scored after the
+    BOS token, see :func:`~lmdistill.evaluation.scoring.loglikelihood`) and the prediction is the argmax over
+    (good, bad), so a tie goes to the good sentence (lm-eval 0.4.13 takes ``np.argmax``).
 
     Args:
-        logits_fn (LogitsFn): ``(input_ids (B, T), attention_mask (B, T)) -> logits (B, T, V)``.
+        logits_fn (PreTrainedModel | LogitsFn): the model.
         tokenizer (PreTrainedTokenizerBase): the model's tokenizer.
         pairs (Sequence[MinimalPair]): N pairs, e.g. from :func:`load_blimp`.
-        batch_size (int): sentences per forward pass.
+        batch_size (int): rows per forward pass.
         device (str | torch.device | None): where inputs go; default ``logits_fn.device``, else CPU.
         progress (str | None): if given, the description of a tqdm progress bar.
-        target_delimiter (str): text put before each sentence. " " (default) reproduces lm-eval >= 0.4, whose
-            multiple-choice requests are ``("", target_delimiter + sentence)`` with the default delimiter " ";
-            "" scores the sentence as written, like the BabyLM 2023 pipeline and lm-eval 0.3.
+        target_delimiter (str): text put before each sentence: " " (default) as lm-eval >= 0.4; "" scores the
+            sentence as written, like the BabyLM 2023 pipeline and lm-eval 0.3.
 
     Returns:
-        dict: ``overall`` (float, accuracy over all pairs in [0, 1]), ``macro_paradigm`` (float, mean of the
-        per-paradigm accuracies), ``per_field`` ({field: accuracy over that field's pairs}), ``per_paradigm``
-        ({paradigm: accuracy}), ``num_pairs`` (int). Keys of the dicts are sorted.
+        dict: see :func:`blimp_summary`.
 
     Raises:
-        ValueError: ``pairs`` is empty (or see :func:`~lmdistill.evaluation.scoring.score_texts`).
+        ValueError: ``pairs`` is empty (or see :func:`~lmdistill.evaluation.scoring.loglikelihood`).
     """
+    from lmdistill.evaluation.metrics import aggregate, score_item
+    from lmdistill.evaluation.tasks import Doc, get_task
+
     if not pairs:
         raise ValueError("evaluate_blimp needs at least one minimal pair")
-    texts = [target_delimiter + s for pair in pairs for s in (pair.good, pair.bad)]
-    scores = score_texts(logits_fn, tokenizer, texts, batch_size=batch_size, device=device, progress=progress)
-    correct = [scores[2 * k] > scores[2 * k + 1] for k in range(len(pairs))]
-    per_paradigm = _mean_by([p.paradigm for p in pairs], correct)
-    return {
-        "overall": sum(correct) / len(correct),
-        "macro_paradigm": sum(per_paradigm.values()) / len(per_paradigm),
-        "per_field": _mean_by([p.field for p in pairs], correct),
-        "per_paradigm": per_paradigm,
-        "num_pairs": len(pairs),
-    }
+    spec = get_task("blimp")
+    docs = [
+        Doc(("", ""), (target_delimiter + p.good, target_delimiter + p.bad), 0, (len(p.good), len(p.bad)),
+            (("field", p.field), ("paradigm", p.paradigm)))
+        for p in pairs
+    ]  # fmt: skip
+    requests = [Request(c, t) for d in docs for c, t in zip(d.contexts, d.continuations, strict=True)]
+    scores = loglikelihood(logits_fn, tokenizer, requests, batch_size=batch_size, device=device, progress=progress)
+    items = [score_item(d, [scores[2 * k][0], scores[2 * k + 1][0]], spec.metrics) for k, d in enumerate(docs)]
+    return blimp_summary(aggregate(spec, docs, items))

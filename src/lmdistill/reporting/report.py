@@ -17,6 +17,7 @@ from typing import Any
 
 from lmdistill.atomic import write_text
 from lmdistill.reporting.plots import BLIMP_PLOT, CURVES_PLOT, make_plots
+from lmdistill.reporting.tasks import TASKS_PLOT, column_header, plot_tasks, task_cells, task_columns
 
 __all__ = ["compare_runs", "load_results", "render_report", "write_report"]
 
@@ -173,6 +174,20 @@ def _paradigm_table(models: dict[str, dict[str, Any]]) -> str:
     return f"<details>\n<summary>{summary}</summary>\n\n{table}\n\n</details>"
 
 
+def _tasks_caption(evals: dict[str, dict[str, Any]]) -> str:
+    first = next(iter(evals.values()))
+    parts = [
+        f"{t} {r.get('num_items', 0):,} items (chance {100 * r.get('chance', 0):.0f}%)"
+        for t, r in first.items()
+        if t != "blimp"
+    ]
+    return (
+        " Other tasks: zero-shot accuracy (%) scored as lm-evaluation-harness 0.4.13 scores them ("
+        + "; ".join(parts)
+        + '); "(norm)" is acc_norm, the log-likelihood divided by the answer\'s length in characters.'
+    )
+
+
 def render_report(results: dict[str, Any]) -> str:
     """Render the Markdown report of one run.
 
@@ -187,18 +202,25 @@ def render_report(results: dict[str, Any]) -> str:
     """
     models: dict[str, dict[str, Any]] = results.get("models", {})
     fields = _fields(models.values())
+    evals = {name: m["eval"] for name, m in models.items() if m.get("eval")}
+    columns = task_columns(evals, skip=("blimp",))  # BLiMP has its own columns
     header = ["model", "role", "parameters", "dev loss", "BLiMP overall", *map(_cell, fields)]
-    rows = [[_cell(name), _cell(m.get("role", MISSING)), *_model_cells(m, fields)] for name, m in models.items()]
-    best = {3: False, 4: True, **{5 + i: True for i in range(len(fields))}}
+    header += [column_header(t, m) for t, m in columns]
+    rows = [
+        [_cell(name), _cell(m.get("role", MISSING)), *_model_cells(m, fields), *task_cells(m.get("eval"), columns)]
+        for name, m in models.items()
+    ]
+    best = {3: False, **{4 + i: True for i in range(len(fields) + 1 + len(columns))}}
     sections = [
         f"# Distillation report: {results.get('recipe_name', 'unnamed run')}",
         _what_ran(results),
         *([f"> **Corpus.** {note}"] if (note := results.get("data", {}).get("corpus_note")) else []),
         "## Results",
         _markdown_table(header, rows, best, left=2) if rows else "_No models in results.json._",
-        _blimp_caption(models.values()),
+        _blimp_caption(models.values()) + (_tasks_caption(evals) if columns else ""),
         "## Plots",
-        f"![Training and dev loss]({CURVES_PLOT})\n\n![BLiMP accuracy by field]({BLIMP_PLOT})",
+        f"![Training and dev loss]({CURVES_PLOT})\n\n![BLiMP accuracy by field]({BLIMP_PLOT})"
+        + (f"\n\n![Zero-shot accuracy per task]({TASKS_PLOT})" if evals else ""),
     ]
     paradigm_table = _paradigm_table(models)
     if paradigm_table:
@@ -232,6 +254,9 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     run_dir = Path(run_dir)
     results = load_results(run_dir)
     make_plots(results, run_dir)
+    evals = {name: m["eval"] for name, m in results.get("models", {}).items() if m.get("eval")}
+    if evals:
+        plot_tasks(evals, run_dir / TASKS_PLOT, title=f"{results.get('recipe_name', 'run')}: zero-shot accuracy")
     path = run_dir / "report.md"
     write_text(path, render_report(results))
     logger.info("wrote %s", path)
