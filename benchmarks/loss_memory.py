@@ -187,6 +187,30 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_worker(args)))
         return 0
 
+    command = "python benchmarks/loss_memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    def write(lines: list[str]) -> None:  # after every row, so an interrupted grid keeps what it measured
+        text = "\n".join(
+            [
+                "# KD loss memory and time: plain vs chunked vs fused",
+                "",
+                f"- machine: {_machine(args.device)}",
+                f"- command: `{command.strip()}`",
+                f"- date: {time.strftime('%Y-%m-%d %H:%M')}",
+                f"- T = 2, mean over positions, float32; head workload H = {args.hidden}; chunk size automatic "
+                "(about 32 MiB per (chunk, V) float32 temporary).",
+                "- peak extra: peak resident memory during one forward+backward minus the memory after the inputs "
+                "were built (each variant in a fresh process); it includes the gradients of the inputs.",
+                "",
+                *lines,
+                "",
+            ]
+        )
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.output.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(args.output)
+
     header = (
         "| workload | divergence | V | N | variant | fwd+bwd (s) | time / plain | peak extra (MiB) | extra / plain "
         "| inputs (MiB) | loss | grad norm |"
@@ -213,27 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                             )
                         lines.append(row)
                         print(row, flush=True)
-    command = "python benchmarks/loss_memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = "\n".join(
-        [
-            "# KD loss memory and time: plain vs chunked vs fused",
-            "",
-            f"- machine: {_machine(args.device)}",
-            f"- command: `{command.strip()}`",
-            f"- date: {time.strftime('%Y-%m-%d %H:%M')}",
-            f"- T = 2, mean over positions, float32; head workload H = {args.hidden}; chunk size automatic "
-            "(about 32 MiB per (chunk, V) float32 temporary).",
-            "- peak extra: peak resident memory during one forward+backward minus the memory after the inputs "
-            "were built (each variant in a fresh process); it includes the gradients of the inputs.",
-            "",
-            *lines,
-            "",
-        ]
-    )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(args.output)
+                        write(lines)
     print(f"wrote {args.output}")
     return 0
 
