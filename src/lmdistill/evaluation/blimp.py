@@ -8,7 +8,6 @@ Data: ``<data_root>/blimp/<paradigm>.jsonl``, one JSON object per line with ``se
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from lmdistill.data.root import resolve_data_root
+from lmdistill.evaluation.readers import read_jsonl, require
 from lmdistill.evaluation.scoring import LogitsFn, Request, loglikelihood
 from lmdistill.registry import did_you_mean
 
@@ -77,24 +77,15 @@ def list_paradigms(data_root: str | os.PathLike[str] | None = None) -> list[str]
     return names
 
 
-def _parse_row(line: str, path: Path, line_no: int, paradigm: str) -> MinimalPair:
-    where = f"{path}:{line_no}"
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{where}: malformed BLiMP row, not valid JSON ({err.msg})") from None
-    if not isinstance(row, dict):
-        raise ValueError(f"{where}: malformed BLiMP row, expected a JSON object, got {type(row).__name__}")
-    missing = [key for key in _REQUIRED_KEYS if not isinstance(row.get(key), str)]
-    if missing:
-        raise ValueError(f"{where}: malformed BLiMP row, missing or non-string keys: {', '.join(missing)}")
+def _pair(where: str, row: dict[str, Any], paradigm: str, index: int) -> MinimalPair:
+    require(row, where, **dict.fromkeys(_REQUIRED_KEYS, str))
     return MinimalPair(
         paradigm=paradigm,
         # The release spells one paradigm's field "syntax/semantics" (principle_A_case_2), all others
         # "syntax_semantics"; one spelling keeps it a single field.
         field=row["field"].replace("/", "_"),
         linguistics_term=row["linguistics_term"],
-        pair_id=str(row.get("pairID", line_no - 1)),
+        pair_id=str(row.get("pairID", index)),
         good=row["sentence_good"],
         bad=row["sentence_bad"],
     )
@@ -134,16 +125,8 @@ def load_blimp(
                 raise KeyError(f"Unknown BLiMP paradigm '{name}' in {folder}.{did_you_mean(name, available)}")
     pairs: list[MinimalPair] = []
     for name in names:
-        path = folder / f"{name}.jsonl"
-        count = 0
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if limit is not None and count >= limit:
-                    break
-                if not line.strip():
-                    continue
-                pairs.append(_parse_row(line, path, line_no, name))
-                count += 1
+        rows = read_jsonl(folder / f"{name}.jsonl", limit)
+        pairs.extend(_pair(where, row, name, index) for index, (where, row) in enumerate(rows))
     logger.info("loaded %d BLiMP pairs from %d paradigms in %s", len(pairs), len(names), folder)
     return pairs
 
