@@ -41,7 +41,12 @@ def auto_chunk_size(vocab_size: int) -> int:
     return max(8, _CHUNK_ELEMENTS // max(vocab_size, 1))
 
 
-def _row_loss(
+def token_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy at T = 1 per position, softmax in >= float32: (N, V) logits, (N,) targets -> (N,), 0 at -100."""
+    return F.cross_entropy(at_least_float32(logits), targets, ignore_index=IGNORE_INDEX, reduction="none")
+
+
+def combined_row_loss(
     student_logits: Tensor,
     teacher_logits: Tensor | None,
     targets: Tensor | None,
@@ -50,22 +55,24 @@ def _row_loss(
     div_weights: Tensor | None,
     ce_weights: Tensor | None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Combined per-position loss ``w_d * D + w_ce * CE`` of one chunk, with its two parts (float32)."""
+    """Per-position ``w_d * D + w_ce * CE`` of (N, V) rows, with its two parts (>= float32).
+
+    The one formula of every path: the plain path applies it to all rows at once, the chunked and fused paths
+    to one chunk of rows at a time.
+    """
     total = None
     div_rows = ce_rows = None
     if div is not None:
         div_rows = div.per_token(student_logits, teacher_logits, temperature)
-        total = _weighted(div_rows, div_weights)
+        total = masked_weighted(div_rows, div_weights)
     if targets is not None:
-        ce_rows = F.cross_entropy(
-            at_least_float32(student_logits), targets, ignore_index=IGNORE_INDEX, reduction="none"
-        )
-        part = _weighted(ce_rows, ce_weights)
+        ce_rows = token_cross_entropy(student_logits, targets)
+        part = masked_weighted(ce_rows, ce_weights)
         total = part if total is None else total + part
     return total, div_rows, ce_rows
 
 
-def _weighted(values: Tensor, weights: Tensor | None) -> Tensor:
+def masked_weighted(values: Tensor, weights: Tensor | None) -> Tensor:
     """``values * weights`` with exact zeros where the weight is 0, whatever the value there."""
     if weights is None:
         return values
@@ -106,7 +113,7 @@ def _chunked_pass(
         s = student_logits[rows].detach().requires_grad_(need_s)
         t = None if teacher_logits is None else teacher_logits[rows].detach().requires_grad_(need_t)
         with torch.enable_grad():
-            chunk_total, div_rows, ce_rows = _row_loss(
+            chunk_total, div_rows, ce_rows = combined_row_loss(
                 s,
                 t,
                 None if targets is None else targets[rows],
@@ -157,6 +164,13 @@ class _ChunkedLoss(torch.autograd.Function):
         return _scale_(grad_s, scale), _scale_(grad_t, scale), None, None, None, None, None, None, None
 
 
+def _check_parts(div: Divergence | None, teacher_logits: Tensor | None, targets: Tensor | None) -> None:
+    if div is not None and teacher_logits is None:
+        raise ValueError("a divergence needs teacher_logits")
+    if div is None and targets is None:
+        raise ValueError("nothing to compute: give a divergence or targets")
+
+
 def _flat(x: Tensor | None, n_rows: int, name: str, trailing: tuple[int, ...] = ()) -> Tensor | None:
     if x is None:
         return None
@@ -205,10 +219,7 @@ def chunked_per_token(
     Raises:
         ValueError: a divergence without teacher logits, or shapes that do not match.
     """
-    if div is not None and teacher_logits is None:
-        raise ValueError("a divergence needs teacher_logits")
-    if div is None and targets is None:
-        raise ValueError("nothing to compute: give a divergence or targets")
+    _check_parts(div, teacher_logits, targets)
     lead, vocab = student_logits.shape[:-1], student_logits.shape[-1]
     n_rows = student_logits.numel() // vocab
     chunk_size = chunk_size or auto_chunk_size(vocab)
@@ -252,7 +263,7 @@ def _fused_pass(
             logits = F.linear(h, weight.detach(), None if bias is None else bias.detach())  # (chunk, V), the only ones
         logits.requires_grad_(any(needs))
         with torch.enable_grad():
-            chunk_total, div_rows, ce_rows = _row_loss(
+            chunk_total, div_rows, ce_rows = combined_row_loss(
                 logits,
                 None if teacher_logits is None else teacher_logits[rows],
                 None if targets is None else targets[rows],
@@ -348,10 +359,7 @@ def fused_linear_loss(
     Raises:
         ValueError: a divergence without teacher logits, or shapes that do not match.
     """
-    if div is not None and teacher_logits is None:
-        raise ValueError("a divergence needs teacher_logits")
-    if div is None and targets is None:
-        raise ValueError("nothing to compute: give a divergence or targets")
+    _check_parts(div, teacher_logits, targets)
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
         raise ValueError(f"weight must be (V, H={hidden.shape[-1]}), got {tuple(weight.shape)}")
     vocab = weight.shape[0]

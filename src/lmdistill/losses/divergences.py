@@ -248,7 +248,8 @@ def get_divergence(name: str, *, beta: float | None = None, skew: float | None =
     return Divergence(name, formula, ((param, _param_range(param, value, 0.0, 1.0, high_open)),))
 
 
-def _check_inputs(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> None:
+def check_logits_pair(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> None:
+    """Raise ValueError unless the two logits have one shape (one tokenizer) and T > 0."""
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"student_logits {tuple(student_logits.shape)} and teacher_logits {tuple(teacher_logits.shape)} differ: "
@@ -287,7 +288,7 @@ def divergence(
     Raises:
         ValueError: shapes differ, T <= 0, unknown reduction or implementation, mask of the wrong shape.
     """
-    _check_inputs(student_logits, teacher_logits, temperature)
+    check_logits_pair(student_logits, teacher_logits, temperature)
     _check_reduction(reduction)
     if implementation == "plain":
         return reduce_per_token(div.per_token(student_logits, teacher_logits, temperature), mask, reduction)

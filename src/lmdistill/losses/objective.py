@@ -26,23 +26,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmdistill.config import PRESETS, DistillationConfig, FeatureLossConfig, LossConfig, from_dict
-from lmdistill.losses.chunked import chunked_per_token, fused_linear_loss
-from lmdistill.losses.divergences import (
-    at_least_float32,
-    get_divergence,
-    reduce_per_token,
-    reduction_weights,
+from lmdistill.losses.chunked import (
+    IGNORE_INDEX,
+    chunked_per_token,
+    combined_row_loss,
+    fused_linear_loss,
+    masked_weighted,
+    token_cross_entropy,
 )
+from lmdistill.losses.divergences import check_logits_pair, get_divergence, reduce_per_token, reduction_weights
 from lmdistill.losses.features import AttentionLoss, EmbeddingLoss, HintLoss, layer_map, model_dims
 
 __all__ = ["IGNORE_INDEX", "DistillationObjective", "StudentOutput", "causal_lm_ce", "next_token_targets"]
 
-IGNORE_INDEX = -100
 IMPLEMENTATIONS = ("plain", "chunked", "fused")
 
 
@@ -71,9 +71,7 @@ def causal_lm_ce(logits: Tensor, labels: Tensor) -> Tensor:
         Tensor: scalar float32; 0 when no token is supervised.
     """
     targets = next_token_targets(labels)
-    per_token = F.cross_entropy(
-        at_least_float32(logits).flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
-    ).view_as(targets)
+    per_token = token_cross_entropy(logits.flatten(0, -2), targets.flatten()).view_as(targets)
     return reduce_per_token(per_token, targets != IGNORE_INDEX, "mean")
 
 
@@ -360,10 +358,7 @@ class DistillationObjective(nn.Module):
                 div_weights = reduction_weights(targets.shape, real, "batchmean", device=targets.device)
             else:
                 div_weights = reduction_weights(targets.shape, supervised, "mean", device=targets.device)
-        if self.implementation == "plain":
-            loss, ce, d = self._plain(student, teacher_logits, targets, div, ce_weights, div_weights)
-        else:
-            loss, ce, d = self._memory_bounded(student, teacher_logits, targets, div, ce_weights, div_weights)
+        loss, ce, d = self._response(student, teacher_logits, targets, div, ce_weights, div_weights)
         values = {"ce": ce}
         if d is not None:
             values[self.divergence.name] = d
@@ -393,56 +388,18 @@ class DistillationObjective(nn.Module):
                 values[term.name] = module(student.hidden_states, getattr(teacher, "hidden_states", None), mask)
         return values
 
-    def _plain(self, student, teacher_logits, targets, div, ce_weights, div_weights):
-        if student.logits is None:
-            raise ValueError("the plain path needs the student's logits (StudentOutput.logits)")
-        logits = student.logits
-        ce_rows = F.cross_entropy(
-            at_least_float32(logits).flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
-        ).view_as(targets)
-        ce = (ce_rows * ce_weights).sum()
-        if div is None:
-            return ce, ce, None
-        if teacher_logits.shape != logits.shape:
-            raise ValueError(
-                f"teacher_logits {tuple(teacher_logits.shape)} != student logits {tuple(logits.shape)}: "
-                "teachers and student must share a tokenizer"
-            )
-        d_rows = div.per_token(logits, teacher_logits, self.temperature)
-        d = torch.where(div_weights != 0, d_rows * div_weights, torch.zeros((), device=d_rows.device)).sum()
-        return self.alpha * ce + self.divergence_scale * d, ce, d
-
-    def _memory_bounded(self, student, teacher_logits, targets, div, ce_weights, div_weights):
-        # one pass computes alpha * CE + scale * D per position with its gradient; parts come back for logging
+    def _response(self, student, teacher_logits, targets, div, ce_weights, div_weights):
+        """``alpha * CE + scale * D`` by the configured path, with CE and D (reduced, unscaled) for logging."""
         weighted_ce = ce_weights * self.alpha
         weighted_div = None if div is None else div_weights * self.divergence_scale
-        if self.implementation == "chunked":
-            if student.logits is None:
-                raise ValueError("the chunked path needs the student's logits (StudentOutput.logits)")
-            if div is not None and teacher_logits.shape != student.logits.shape:
-                raise ValueError(
-                    f"teacher_logits {tuple(teacher_logits.shape)} != student logits {tuple(student.logits.shape)}: "
-                    "teachers and student must share a tokenizer"
-                )
-            loss, d_rows, ce_rows = chunked_per_token(
-                div,
-                student.logits,
-                teacher_logits if div is not None else None,
-                self.temperature,
-                chunk_size=self.chunk_size,
-                targets=targets,
-                div_weights=weighted_div,
-                ce_weights=weighted_ce,
-                reduce=True,
-                return_parts=True,
-            )
-        else:
+        teacher_logits = teacher_logits if div is not None else None
+        if self.implementation == "fused":
             if student.hidden is None or student.lm_head is None:
                 raise ValueError("the fused path needs the student's final hidden states and LM head")
             loss, d_rows, ce_rows = fused_linear_loss(
                 student.hidden,
                 student.lm_head.weight,
-                teacher_logits if div is not None else None,
+                teacher_logits,
                 div,
                 bias=getattr(student.lm_head, "bias", None),
                 temperature=self.temperature,
@@ -451,6 +408,39 @@ class DistillationObjective(nn.Module):
                 ce_weights=weighted_ce,
                 chunk_size=self.chunk_size,
             )
+        else:
+            logits = student.logits
+            if logits is None:
+                raise ValueError(f"the {self.implementation} path needs the student's logits (StudentOutput.logits)")
+            if div is not None:
+                check_logits_pair(logits, teacher_logits, self.temperature)
+            if self.implementation == "chunked":
+                loss, d_rows, ce_rows = chunked_per_token(
+                    div,
+                    logits,
+                    teacher_logits,
+                    self.temperature,
+                    chunk_size=self.chunk_size,
+                    targets=targets,
+                    div_weights=weighted_div,
+                    ce_weights=weighted_ce,
+                    reduce=True,
+                    return_parts=True,
+                )
+            else:  # plain: the same per-position formula on all (B * T, V) rows at once
+                rows = logits.shape[-1]
+                total, d_rows, ce_rows = combined_row_loss(
+                    logits.reshape(-1, rows),
+                    None if teacher_logits is None else teacher_logits.reshape(-1, rows),
+                    targets.flatten(),
+                    div,
+                    self.temperature,
+                    None if weighted_div is None else weighted_div.flatten(),
+                    weighted_ce.flatten(),
+                )
+                loss = total.sum()
+                d_rows = None if d_rows is None else d_rows.view_as(targets)
+                ce_rows = ce_rows.view_as(targets)
         ce = (ce_rows * ce_weights).sum()
-        d = None if div is None else torch.where(div_weights != 0, d_rows * div_weights, 0.0).sum()
+        d = None if div is None else masked_weighted(d_rows, div_weights).sum()
         return loss, ce, d
