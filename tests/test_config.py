@@ -141,3 +141,30 @@ def test_paper_recipe_builds_the_paper_parameter_counts():
                 pad_id=0,
             )
         assert count_parameters(model) == pytest.approx(expected[name], rel=0.01), name
+
+
+def test_config_lists_every_divergence_of_the_registry():
+    from lmdistill.config import DIVERGENCE_NAMES
+    from lmdistill.losses.divergences import DIVERGENCES
+
+    assert set(DIVERGENCE_NAMES) == set(DIVERGENCES)
+
+
+def test_preset_fills_keys_and_recipe_keys_win():
+    r = load_recipe("babyllama-smoke", ["distillation.preset=gkd", "distillation.beta=0.2"])
+    d = r.distillation  # the smoke recipe sets alpha 0.5 and T 2 itself: those win over the preset's 0 and 1
+    assert (d.divergence, d.t2_scaling, d.reduction, d.beta) == ("generalized_jsd", False, "mean", 0.2)
+    assert (d.alpha, d.temperature) == (0.5, 2.0)
+    r = load_recipe("babyllama-smoke", ["distillation={preset: gkd}"])
+    assert (r.distillation.alpha, r.distillation.temperature, r.distillation.beta) == (0.0, 1.0, 0.5)
+
+
+def test_feature_layers_accept_a_name_or_a_list_and_check_the_teacher_index():
+    r = load_recipe("babyllama-smoke", ["distillation.features=[{kind: hint, layers: [2, 4]}, {kind: attention}]"])
+    assert r.distillation.features[0].layers == [2, 4] and r.distillation.features[1].layers == "uniform"
+    with pytest.raises(ConfigError, match=r"features\.0\.layers"):
+        load_recipe("babyllama-smoke", ["distillation.features=[{kind: hint, layers: sideways}]"])
+    with pytest.raises(ConfigError, match=r"distillation\.features\.0\.teacher"):
+        load_recipe("babyllama-smoke", ["distillation.features=[{kind: hint, teacher: 7}]"])
+    with pytest.raises(ConfigError, match="attention loss must be one of"):
+        load_recipe("babyllama-smoke", ["distillation.features=[{kind: attention, loss: cosine}]"])
