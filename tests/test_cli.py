@@ -82,8 +82,8 @@ def test_teacher_with_another_tokenizer_is_refused(tmp_path, capsys, data_root):
         str(data_root),
         "--cache-dir",
         str(tmp_path / "cache"),
-        f"teachers.0.model.path={teacher_dir}",
-        "teachers.0.train=null",
+        f"teachers.members.0.model.path={teacher_dir}",
+        "teachers.members.0.train=null",
     ]
     assert main(args) == 2
     err = capsys.readouterr().err

@@ -11,6 +11,7 @@ from lmdistill.config import (
     from_dict,
     list_recipes,
     load_recipe,
+    to_dict,
     to_yaml,
 )
 
@@ -30,7 +31,7 @@ def test_every_packaged_recipe_validates_and_round_trips(name):
 
 def test_paper_recipe_has_the_paper_sizes():
     r = load_recipe("babyllama")
-    gpt2, llama = r.teachers
+    gpt2, llama = r.teachers.members
     assert (gpt2.model.arch, gpt2.model.num_layers, gpt2.model.num_heads, gpt2.model.hidden_size) == (
         "gpt2",
         24,
@@ -61,16 +62,16 @@ def test_paper_recipe_has_the_paper_sizes():
 def test_cpu_recipe_keeps_the_paper_ratios():
     r = load_recipe("babyllama-cpu")
     assert (r.distillation.temperature, r.distillation.alpha) == (2.0, 0.5)
-    assert all(t.train.epochs >= 2 for t in r.teachers) and r.student.train.epochs >= 2
+    assert all(t.train.epochs >= 2 for t in r.teachers.members) and r.student.train.epochs >= 2
     assert r.data.block_size == 128
 
 
 def test_overrides_apply_to_nested_keys_and_list_items():
     r = load_recipe(
         "babyllama-smoke",
-        ["teachers.1.train.lr=1e-4", "distillation.reduction=batchmean", "evaluation.limit=null"],
+        ["teachers.members.1.train.lr=1e-4", "distillation.reduction=batchmean", "evaluation.limit=null"],
     )
-    assert r.teachers[1].train.lr == 1e-4
+    assert r.teachers.members[1].train.lr == 1e-4
     assert r.distillation.reduction == "batchmean"
     assert r.evaluation.limit is None
 
@@ -88,8 +89,8 @@ def test_unknown_key_suggests_the_closest():
         ("student.train.batch_size=0", r"student\.train\.batch_size: must be >= 1"),
         ("student.model.hidden_size=31", r"student\.model\.hidden_size: must be divisible by num_heads"),
         ("student.model.arch=bert", r"student\.model\.arch: must be one of"),
-        ("teachers.0.train.epochs=two", r"teachers\.0\.train\.epochs: expected an integer"),
-        ("teachers.5.train.lr=1", r"teachers\.5: no list item 5"),
+        ("teachers.members.0.train.epochs=two", r"teachers\.members\.0\.train\.epochs: expected an integer"),
+        ("teachers.members.5.train.lr=1", r"teachers\.members\.5: no list item 5"),
         ("distillation.ensemble=median", r"distillation\.ensemble: must be one of"),
         ("student.train.mixed_precision=bf16", r"mixed_precision: every train section .*'student.train': 'bf16'"),
     ],
@@ -101,9 +102,39 @@ def test_bad_values_name_the_key(override, match):
 
 def test_missing_required_key_is_named(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text("name: x\ndata: {sources: [{name: brown}]}\ntokenizer: {}\nteachers: []\n")
+    path.write_text(
+        "name: x\ndata: {sources: [{name: brown}]}\ntokenizer: {}\nteachers: [{name: t, model: {path: t}}]\n"
+    )
     with pytest.raises(ConfigError, match=r"r\.yaml: student: missing required key"):
         load_recipe(str(path))
+    path.write_text("name: x\ndata: {sources: [{name: brown}]}\ntokenizer: {}\nteachers: []\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: teachers\.members: must list at least one teacher"):
+        load_recipe(str(path))
+
+
+def test_teachers_list_shorthand_and_cache_switch():
+    plain = load_recipe("babyllama-smoke")
+    assert plain.teachers.cache is False and plain.teachers.cache_top_k == 64
+    cached = load_recipe("babyllama-smoke", ["teachers.cache=true", "teachers.cache_top_k=32"])
+    assert cached.teachers.cache and cached.teachers.cache_top_k == 32
+    data = to_dict(plain)
+    data["teachers"] = data["teachers"]["members"]  # the list shorthand means {members: [...]}
+    assert from_dict(RecipeConfig, data) == plain
+    assert from_dict(RecipeConfig, yaml.safe_load(to_yaml(cached))) == cached
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["data.random_offset=true"], r"teachers\.cache: needs data\.random_offset: false"),
+        (["distillation.features=[{kind: hint}]"], r"teachers\.cache: cannot serve feature terms"),
+        (["teachers.cache_top_k=0"], r"teachers\.cache_top_k: must be >= 1"),
+        (["teachers.cache_dtype=int8"], r"teachers\.cache_dtype: must be one of"),
+    ],
+)
+def test_cache_settings_are_checked(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_recipe("babyllama-smoke", ["teachers.cache=true", *overrides])
 
 
 def test_unknown_recipe_name_suggests():
@@ -130,7 +161,7 @@ def test_paper_recipe_builds_the_paper_parameter_counts():
 
     r = load_recipe("babyllama")
     expected = {"gpt2-teacher": 705e6, "llama-teacher": 360e6, "student": 58e6}
-    for name, model_cfg in [(t.name, t.model) for t in r.teachers] + [("student", r.student.model)]:
+    for name, model_cfg in [(t.name, t.model) for t in r.teachers.members] + [("student", r.student.model)]:
         with torch.device("meta"):
             model = build_model(
                 model_cfg,

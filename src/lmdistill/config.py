@@ -2,7 +2,7 @@
 
 Keys are strict (an unknown key is an error with a "did you mean"), values are type- and range-checked as
 soon as a recipe is loaded, and ``a.b=c`` overrides from the command line are applied before validation
-(list items are addressed by index, e.g. ``teachers.0.train.epochs=2``).
+(list items are addressed by index, e.g. ``teachers.members.0.train.epochs=2``).
 """
 
 from __future__ import annotations
@@ -220,6 +220,51 @@ class TeacherConfig:
 
 
 @dataclass
+class TeachersConfig:
+    """The teachers and how the student sees them: run online at every step, or read from a top-k cache.
+
+    A recipe may also give ``teachers`` as a plain list of teachers, short for ``{members: [...]}``.
+    """
+
+    members: list[TeacherConfig]
+    """Teachers, trained in order, combined by ``distillation.ensemble``."""
+    cache: bool = False
+    """Distil from a cache of the ensemble's top-k distribution per training block (``lmdistill cache-teacher``;
+    ``lmdistill run`` builds it when missing) instead of running the teachers at every step. Needs
+    ``data.random_offset: false`` (the cache holds the fixed block grid) and no feature terms."""
+    cache_top_k: int = 64
+    """k, tokens kept per position (their log-probabilities and ids, plus the tail mass)."""
+    cache_dtype: Literal["float16", "float32"] = "float16"
+    """Storage dtype of the cached log-probabilities (float16: 260 bytes per token at k = 64)."""
+    cache_dir: str | None = None
+    """Cache folder; null = ``RUN/teacher-cache``."""
+    cache_batch_size: int = 32
+    """Blocks per teacher forward pass while building the cache."""
+    cache_shard_blocks: int = 256
+    """Blocks per shard file (the unit of resuming an interrupted build and of splitting it across ranks)."""
+
+    @classmethod
+    def normalize(cls, data: Any) -> Any:
+        """A plain list of teachers becomes ``{members: [...]}``."""
+        return {"members": data} if isinstance(data, list) else data
+
+    def __post_init__(self) -> None:
+        _check(len(self.members) >= 1, "members", "must list at least one teacher")
+        names = [t.name for t in self.members]
+        _check(len(set(names)) == len(names), "members", f"teacher names must be unique, got {names}")
+        reserved = {"student", "baseline", "ensemble", "tokenizer"}
+        _check(not reserved & set(names), "members", f"teacher names may not be one of {sorted(reserved)}")
+        _check(self.cache_top_k >= 1, "cache_top_k", f"must be >= 1, got {self.cache_top_k}")
+        _check(
+            self.cache_dtype in ("float16", "float32"),
+            "cache_dtype",
+            f"must be 'float16' or 'float32', got {self.cache_dtype!r}",
+        )
+        _check(self.cache_batch_size >= 1, "cache_batch_size", f"must be >= 1, got {self.cache_batch_size}")
+        _check(self.cache_shard_blocks >= 1, "cache_shard_blocks", f"must be >= 1, got {self.cache_shard_blocks}")
+
+
+@dataclass
 class StudentConfig:
     """The student (also the architecture and schedule of the no-distillation baseline)."""
 
@@ -330,7 +375,7 @@ class DistillationConfig:
     """Feature terms (hint, attention, embedding losses) added to the response loss."""
 
     @classmethod
-    def expand_preset(cls, data: dict[str, Any]) -> dict[str, Any]:
+    def normalize(cls, data: dict[str, Any]) -> dict[str, Any]:
         """The recipe's ``distillation`` mapping with its preset's keys filled in (recipe keys win)."""
         preset = data.get("preset")
         if preset is None or preset not in PRESETS:
@@ -406,8 +451,8 @@ class RecipeConfig:
     """Corpus and packing."""
     tokenizer: TokenizerConfig
     """Tokenizer training."""
-    teachers: list[TeacherConfig]
-    """Teachers, trained in order, combined by ``distillation.ensemble``."""
+    teachers: TeachersConfig
+    """Teachers (``members``, trained in order, combined by ``distillation.ensemble``) and the teacher cache."""
     student: StudentConfig
     """Student architecture and schedule."""
     distillation: DistillationConfig = field(default_factory=DistillationConfig)
@@ -424,13 +469,11 @@ class RecipeConfig:
     """Free text shown by ``lmdistill recipes ls``."""
 
     def __post_init__(self) -> None:
-        _check(len(self.teachers) >= 1, "teachers", "must list at least one teacher")
-        names = [t.name for t in self.teachers]
-        _check(len(set(names)) == len(names), "teachers", f"teacher names must be unique, got {names}")
-        reserved = {"student", "baseline", "ensemble", "tokenizer"}
-        _check(not reserved & set(names), "teachers", f"teacher names may not be one of {sorted(reserved)}")
+        teachers = self.teachers.members
         # Accelerate keeps one process-wide state: every stage of a run must use the same mixed precision
-        precisions = {f"teachers.{i}.train": t.train.mixed_precision for i, t in enumerate(self.teachers) if t.train}
+        precisions = {
+            f"teachers.members.{i}.train": t.train.mixed_precision for i, t in enumerate(teachers) if t.train
+        }
         precisions["student.train"] = self.student.train.mixed_precision
         _check(
             len(set(precisions.values())) == 1,
@@ -439,9 +482,22 @@ class RecipeConfig:
         )
         for i, term in enumerate(self.distillation.features):
             _check(
-                term.teacher < len(self.teachers),
+                term.teacher < len(teachers),
                 f"distillation.features.{i}.teacher",
-                f"must index one of the {len(self.teachers)} teachers, got {term.teacher}",
+                f"must index one of the {len(teachers)} teachers, got {term.teacher}",
+            )
+        if self.teachers.cache:
+            _check(
+                not self.data.random_offset,
+                "teachers.cache",
+                "needs data.random_offset: false: the cache holds one distribution per block of the fixed block "
+                "grid, and a random offset cuts different blocks every epoch",
+            )
+            _check(
+                not self.distillation.features,
+                "teachers.cache",
+                "cannot serve feature terms (distillation.features): the cache holds only the teachers' output "
+                "distribution, not their hidden states or attentions",
             )
 
 
@@ -516,12 +572,12 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
 
     Raises:
         ConfigError: on an unknown or missing key, a wrong type or an out-of-range value; the message names
-            the full key path (e.g. ``teachers.0.train.lr``) and, for a typo, the closest valid keys.
+            the full key path (e.g. ``teachers.members.0.train.lr``) and, for a typo, the closest valid keys.
     """
     where = prefix or "recipe"
+    if hasattr(cls, "normalize"):  # presets, list shorthands
+        data = cls.normalize(data)
     _check(isinstance(data, dict), where, f"expected a mapping, got {type(data).__name__}")
-    if hasattr(cls, "expand_preset"):
-        data = cls.expand_preset(data)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
@@ -557,7 +613,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """Apply ``a.b=c`` overrides to a parsed recipe dict (in place) and return it.
 
     Values are parsed as YAML (``3`` is an int, ``null`` is None, ``[a, b]`` a list). List items are addressed
-    by index (``teachers.1.train.lr=1e-4``).
+    by index (``teachers.members.1.train.lr=1e-4``).
 
     Raises:
         ConfigError: on a malformed override or a path through a missing key or index.
@@ -644,7 +700,10 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     try:
-        data = apply_overrides(data if data is not None else {}, overrides or [])
+        data = data if data is not None else {}
+        if isinstance(data, dict) and "teachers" in data:  # the list shorthand, so that teachers.cache=... applies
+            data["teachers"] = TeachersConfig.normalize(data["teachers"])
+        data = apply_overrides(data, overrides or [])
         return from_dict(RecipeConfig, data)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None

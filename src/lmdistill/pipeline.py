@@ -1,13 +1,18 @@
 """``lmdistill run``: one Baby Llama experiment from a recipe, stage by stage, resumable from its run folder.
 
-data -> tokenizer -> teachers -> baseline (no KD) -> distilled student -> zero-shot tasks -> results.json -> report.
+data -> tokenizer -> teachers -> [teacher cache] -> baseline (no KD) -> distilled student -> zero-shot tasks ->
+results.json -> report.
 
 Run folder::
 
     RUN/recipe.yaml            resolved recipe (a resumed run must match it)
     RUN/tokenizer/             the shared BPE tokenizer (transformers folder)
     RUN/models/<name>/         per model: checkpoints/, final/ (HF folder), metrics.jsonl, tb/, eval.json
+    RUN/teacher-cache/         with teachers.cache: the ensemble's top-k per block (lmdistill.teachers.cache)
     RUN/results.json, RUN/report.md, RUN/plots/*.png
+
+Under ``accelerate launch`` every process runs this code: data preparation runs on rank 0 first, training is
+split across the processes (see ``lmdistill.training``), and evaluation and the report run on rank 0 only.
 """
 
 from __future__ import annotations
@@ -39,10 +44,18 @@ from lmdistill.evaluation.runner import evaluate_tasks, task_specs
 from lmdistill.evaluation.scoring import hf_logits_fn
 from lmdistill.losses.objective import DistillationObjective
 from lmdistill.models import build_model, count_parameters, load_model
+from lmdistill.teachers.cache import TeacherCache, cache_spec, ensure_cache
 from lmdistill.teachers.ensemble import TeacherEnsemble
 from lmdistill.training import evaluate_dev_loss, train
 
-__all__ = ["CORPUS_NOTE", "RunFolderError", "default_cache_dir", "run_experiment", "validate_recipe_data"]
+__all__ = [
+    "CORPUS_NOTE",
+    "RunFolderError",
+    "build_teacher_cache",
+    "default_cache_dir",
+    "run_experiment",
+    "validate_recipe_data",
+]
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +271,106 @@ def _evaluate(name: str, model: Any, data: _Data, recipe: RecipeConfig, root: Pa
     return {s.name: done[s.name] for s in specs}
 
 
+def _setup(recipe: RecipeConfig, run_dir: Path, data_root, resume: bool, cache_dir) -> tuple[Path, _Data]:
+    """Check the run folder, prepare data and tokenizer (rank 0 first), record the recipe."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    root = resolve_data_root(data_root)
+    _prepare_run_folder(recipe, run_dir, resume)
+    state.wait_for_everyone()  # before rank 0 writes recipe.yaml, which the check above reads
+    with state.main_process_first():
+        data = _prepare_data(recipe, run_dir, root, Path(cache_dir) if cache_dir else default_cache_dir())
+    if state.is_main_process:
+        write_text(run_dir / "recipe.yaml", to_yaml(recipe))  # only now: a run that fails on bad data can be re-run
+    return root, data
+
+
+def _teachers(recipe: RecipeConfig, run_dir: Path, data: _Data, resume: bool, results: dict) -> dict[str, Any]:
+    """Train (or load) every teacher; their entries go into ``results``. Returns name -> model."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    lm = DistillationObjective.language_modeling(recipe.loss.implementation)
+    teachers = {}
+    for t in recipe.teachers.members:
+        if t.train is None:
+            out = _pretrained_teacher(t.name, Path(t.model.path), data, device)
+        else:
+            out = _train_stage(t.name, t.model, t.train, data, recipe, run_dir, lm, None, resume)
+        teachers[t.name] = out["model"]
+        results[t.name] = {"role": "teacher", **out["entry"]}
+    _check_shared_tokenizer(teachers, len(data.tokenizer))
+    return teachers
+
+
+def teacher_cache_dir(recipe: RecipeConfig, run_dir: Path) -> Path:
+    """The recipe's cache folder: ``teachers.cache_dir``, else ``RUN/teacher-cache``."""
+    return Path(recipe.teachers.cache_dir) if recipe.teachers.cache_dir else run_dir / "teacher-cache"
+
+
+def _open_cache(
+    recipe: RecipeConfig,
+    run_dir: Path,
+    data: _Data,
+    teachers: dict[str, Any],
+    ensemble: TeacherEnsemble,
+    overwrite: bool = False,
+) -> TeacherCache:
+    spec = cache_spec(
+        teachers,
+        recipe.distillation.ensemble,
+        data.info["tokenizer_sha256"],
+        data.train,
+        top_k=recipe.teachers.cache_top_k,
+        dtype=recipe.teachers.cache_dtype,
+        temperature=recipe.distillation.temperature,
+        shard_blocks=recipe.teachers.cache_shard_blocks,
+    )
+    return ensure_cache(
+        ensemble,
+        data.train,
+        spec,
+        teacher_cache_dir(recipe, run_dir),
+        batch_size=recipe.teachers.cache_batch_size,
+        overwrite=overwrite,
+    )
+
+
+def build_teacher_cache(
+    recipe: RecipeConfig,
+    run_dir: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    overwrite: bool = False,
+) -> TeacherCache:
+    """``lmdistill cache-teacher``: train the run's teachers if needed, then build (or finish) their cache.
+
+    The run folder follows ``lmdistill run --resume``'s rules (it must hold this recipe, if any), so a later
+    ``lmdistill run RECIPE --resume`` with the same recipe reads this cache.
+
+    Args:
+        recipe (RecipeConfig): the validated recipe (its ``teachers.cache_*`` settings say what to build).
+        run_dir (str | Path): run folder.
+        data_root (str | Path | None): data root (see ``resolve_data_root``).
+        cache_dir (str | Path | None): token cache folder (default ``default_cache_dir()``).
+        overwrite (bool): rebuild the cache from scratch.
+
+    Returns:
+        TeacherCache: the finished, verified cache.
+
+    Raises:
+        RunFolderError: the folder holds another recipe.
+        CacheMismatchError: a cache for other teachers or settings is there (and ``overwrite`` is False).
+        CacheCorruptError: a shard of the finished cache is truncated or corrupted.
+    """
+    run_dir = Path(run_dir)
+    _, data = _setup(recipe, run_dir, data_root, True, cache_dir)
+    teachers = _teachers(recipe, run_dir, data, True, {})
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ensemble = TeacherEnsemble(list(teachers.values()), rule=recipe.distillation.ensemble).to(device)
+    return _open_cache(recipe, run_dir, data, teachers, ensemble, overwrite=overwrite)
+
+
 def run_experiment(
     recipe: RecipeConfig,
     run_dir: str | Path,
@@ -284,27 +397,18 @@ def run_experiment(
         DataRootError, FileNotFoundError, ValueError: missing or empty data, tokenizer mismatch.
         NonFiniteLossError, TrainingInterrupted: from training (the last good checkpoint is kept).
     """
+    from accelerate import PartialState
+
     from lmdistill.reporting.report import write_report
 
     start = time.time()
     run_dir = Path(run_dir)
-    root = resolve_data_root(data_root)
-    _prepare_run_folder(recipe, run_dir, resume)
-    data = _prepare_data(recipe, run_dir, root, Path(cache_dir) if cache_dir else default_cache_dir())
-    write_text(run_dir / "recipe.yaml", to_yaml(recipe))  # only now: a run that fails on bad data can simply be re-run
-    vocab = len(data.tokenizer)
+    root, data = _setup(recipe, run_dir, data_root, resume, cache_dir)
+    main_process = PartialState().is_main_process
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results: dict[str, Any] = {}
-    teachers = {}
+    teachers = _teachers(recipe, run_dir, data, resume, results)
     lm = DistillationObjective.language_modeling(recipe.loss.implementation)
-    for t in recipe.teachers:
-        if t.train is None:
-            out = _pretrained_teacher(t.name, Path(t.model.path), data, device)
-        else:
-            out = _train_stage(t.name, t.model, t.train, data, recipe, run_dir, lm, None, resume)
-        teachers[t.name] = out["model"]
-        results[t.name] = {"role": "teacher", **out["entry"]}
-    _check_shared_tokenizer(teachers, vocab)
 
     ensemble = TeacherEnsemble(list(teachers.values()), rule=recipe.distillation.ensemble).to(device)
     if len(teachers) > 1:
@@ -326,12 +430,23 @@ def run_experiment(
         results["baseline"] = {"role": "baseline", **out["entry"]}
         baseline_model = out["model"]
     kd = DistillationObjective.from_config(recipe.distillation, recipe.loss)
+    student_teacher: TeacherEnsemble | TeacherCache = ensemble
+    if recipe.teachers.cache and not (run_dir / "models" / "student" / "final" / "config.json").exists():
+        student_teacher = _open_cache(recipe, run_dir, data, teachers, ensemble)
     out = _train_stage(
-        "student", recipe.student.model, recipe.student.train, data, recipe, run_dir, kd, ensemble, resume
+        "student", recipe.student.model, recipe.student.train, data, recipe, run_dir, kd, student_teacher, resume
     )
+    manifest = teacher_cache_dir(recipe, run_dir) / "manifest.json"
+    if recipe.teachers.cache and manifest.is_file():
+        m = json.loads(manifest.read_text())
+        out["entry"]["teacher_cache"] = {
+            k: m[k] for k in ("top_k", "dtype", "bytes_per_token", "total_bytes", "build_time_s")
+        }
     results["student"] = {"role": "student", **out["entry"]}
     student_model = out["model"]
 
+    if not main_process:  # evaluation and the report are rank 0's
+        return {"models": results}
     logits_fns = {name: hf_logits_fn(m.to(device)) for name, m in teachers.items()}
     if "ensemble" in results:
         logits_fns["ensemble"] = ensemble  # (input_ids, attention_mask) -> averaged logits at T = 1

@@ -1,13 +1,20 @@
 """One explicit training loop, on HF Accelerate, for plain LM training (teachers, baseline) and distillation.
 
 Read top to bottom: set up (optimizer, cosine schedule, resume) -> for each epoch, for each batch: student
-forward, teacher forward (no grad), objective, backward, clip, step -> dev loss at each epoch end -> final
-checkpoint. Checkpoints are Hugging Face folders plus optimizer, scheduler and RNG state, written atomically;
-a run resumed from one gives the same weights as an uninterrupted run (same seed, same machine).
+forward, teacher forward (no grad) or cache lookup, objective, backward, clip, step -> dev loss at each epoch
+end -> final checkpoint. Checkpoints are Hugging Face folders plus optimizer, scheduler and RNG state, written
+atomically; a run resumed from one gives the same weights as an uninterrupted run (same seed, same machine).
+
+Several processes (``accelerate launch --num_processes N``; DDP, or FSDP / DeepSpeed from an Accelerate config):
+every process draws the same global batch of ``batch_size`` blocks and takes its own contiguous slice of
+``batch_size / N`` blocks, so the loss curve is that of one process with the same global batch (gradients are
+averaged across processes, every block has the same number of tokens). Rank 0 writes checkpoints, metrics and the
+final folder; logged terms and the dev loss are averaged over all processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -31,6 +38,7 @@ from lmdistill.atomic import atomic_dir, write_json
 from lmdistill.config import TrainConfig
 from lmdistill.data.blocks import BlockDataset
 from lmdistill.losses.objective import DistillationObjective, causal_lm_ce
+from lmdistill.teachers.cache import TeacherCache
 from lmdistill.teachers.ensemble import TeacherEnsemble
 
 __all__ = ["NonFiniteLossError", "TrainResult", "TrainingInterrupted", "evaluate_dev_loss", "total_steps", "train"]
@@ -100,6 +108,9 @@ def _save_objective(objective: DistillationObjective, folder: Path) -> None:
 
 def _save_checkpoint(out_dir, step, model, optimizer, scheduler, accelerator, objective) -> Path:
     path = out_dir / "checkpoints" / f"step-{step:07d}"
+    if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+        return path
     with atomic_dir(path) as tmp:
         accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
         _save_objective(objective, tmp)
@@ -113,6 +124,7 @@ def _save_checkpoint(out_dir, step, model, optimizer, scheduler, accelerator, ob
     old = sorted(p for p in (out_dir / "checkpoints").glob("step-*") if _CKPT.match(p.name))[:-KEEP_CHECKPOINTS]
     for p in old:
         shutil.rmtree(p)
+    accelerator.wait_for_everyone()
     return path
 
 
@@ -195,7 +207,7 @@ def train(
     out_dir: Path,
     *,
     objective: DistillationObjective,
-    teacher: TeacherEnsemble | None = None,
+    teacher: TeacherEnsemble | TeacherCache | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
     resume: bool = True,
     desc: str = "train",
@@ -210,7 +222,9 @@ def train(
         cfg (TrainConfig): optimisation settings.
         out_dir (Path): stage folder: ``checkpoints/step-N/``, ``final/``, ``metrics.jsonl``, ``tb/``.
         objective (DistillationObjective): CE-only for LM training, CE + divergence (+ features) for distillation.
-        teacher (TeacherEnsemble | None): frozen teachers, needed when ``objective.needs_teacher``.
+        teacher (TeacherEnsemble | TeacherCache | None): frozen teachers run at every step, or their cached top-k
+            distribution per block (``lmdistill.teachers.cache``; needs blocks without random offsets); needed when
+            ``objective.needs_teacher``.
         tokenizer: saved beside the final weights.
         resume (bool): continue from the latest checkpoint in ``out_dir`` when there is one.
         desc (str): progress-bar label.
@@ -222,26 +236,44 @@ def train(
     Raises:
         NonFiniteLossError: the loss became NaN/inf (message names the step and the last good checkpoint).
         TrainingInterrupted: Ctrl-C; a checkpoint of the last completed step was saved.
-        ValueError: the objective needs a teacher and none was given.
+        ValueError: the objective needs a teacher and none was given; a cache with random block offsets or with
+            feature terms; a batch that does not split evenly over processes and accumulation steps; the fused path
+            under several processes.
     """
     if objective.needs_teacher and teacher is None:
         raise ValueError("this objective distils (alpha < 1) but no teacher was given")
+    cached = isinstance(teacher, TeacherCache)
+    if cached and blocks.random_offset:
+        raise ValueError("a teacher cache holds the fixed block grid: train on blocks without random_offset")
+    if cached and objective.feature_teachers:
+        raise ValueError("a teacher cache holds no hidden states or attentions: it cannot serve feature terms")
     start_time = time.time()
     mixed_precision = cfg.mixed_precision
     if mixed_precision != "no" and not torch.cuda.is_available():
         log.warning("mixed_precision=%s needs a GPU; training in float32 on the CPU", mixed_precision)
         mixed_precision = "no"
     accelerator = Accelerator(mixed_precision=mixed_precision)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if cfg.batch_size % (cfg.grad_accum_steps * world):
+        raise ValueError(
+            f"batch_size={cfg.batch_size} must split evenly into grad_accum_steps={cfg.grad_accum_steps} x "
+            f"{world} processes"
+        )
+    if world > 1 and objective.implementation == "fused":
+        raise ValueError(
+            "loss.implementation=fused runs the model past its DDP wrapper: use 'chunked' with several processes"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     num_steps = total_steps(blocks, cfg)
     if num_steps == 0:
         raise ValueError(f"{len(blocks)} training blocks give no full batch of {cfg.batch_size}: lower batch_size")
-    micro = cfg.batch_size // cfg.grad_accum_steps
+    local = cfg.batch_size // world  # this process's rows of each global batch
+    micro = local // cfg.grad_accum_steps
 
     model.to(accelerator.device)
     if teacher is not None:
         teacher.to(accelerator.device)
-        objective.setup(model, teacher.teachers)  # feature terms: layer maps and learned projections
+        objective.setup(model, [] if cached else teacher.teachers)  # feature terms: layer maps, projections
     # the objective's projections (if any) are trained with the student and saved with its checkpoints
     params = [*model.parameters(), *objective.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -258,17 +290,34 @@ def train(
     model.train()
 
     def dev_logits(ids: Tensor) -> Tensor:
-        return model(input_ids=ids.to(accelerator.device)).logits
+        return accelerator.unwrap_model(model)(input_ids=ids.to(accelerator.device)).logits
 
-    def optimizer_step(batch: Tensor) -> dict[str, float]:
-        """One optimizer step over a (B, T) batch in micro-batches; returns the loss terms averaged over them."""
+    def dev_loss_all_ranks() -> float:
+        """Dev CE over every dev block; with several processes each takes every N-th block, then they average."""
+        mine = dev[rank::world]
+        local_loss = evaluate_dev_loss(dev_logits, mine) * len(mine) if len(mine) else 0.0
+        if world == 1:
+            return local_loss / max(len(mine), 1)
+        total = accelerator.reduce(torch.tensor([local_loss, float(len(mine))], device=accelerator.device), "sum")
+        return (total[0] / total[1].clamp_min(1)).item()
+
+    def optimizer_step(starts) -> dict[str, float]:
+        """One optimizer step over a global batch (its start positions): this process's rows in micro-batches.
+
+        Returns the loss terms averaged over the micro-batches and the processes.
+        """
+        local_starts = starts[rank * local : (rank + 1) * local]
         terms_sum: dict[str, float] = {}
-        for ids in batch.split(micro):
-            ids = ids.to(accelerator.device)
-            with accelerator.autocast():
+        for i in range(cfg.grad_accum_steps):
+            part = local_starts[i * micro : (i + 1) * micro]
+            ids = blocks.batch(part).to(accelerator.device)
+            last = i == cfg.grad_accum_steps - 1
+            with accelerator.no_sync(model) if not last else contextlib.nullcontext(), accelerator.autocast():
                 student = objective.student_forward(model, ids)  # logits (b, T, V), or hidden states when fused
                 teacher_logits = teacher_outputs = None
-                if objective.needs_teacher:
+                if objective.needs_teacher and cached:
+                    teacher_logits = teacher.lookup(part // blocks.block_size).to(accelerator.device)
+                elif objective.needs_teacher:
                     teacher_logits, teacher_outputs = teacher.forward_features(
                         ids,
                         temperature=objective.temperature,
@@ -276,15 +325,22 @@ def train(
                         attentions=objective.needs_attentions,
                     )
                 loss, terms = objective(student, ids, teacher_logits, teacher_outputs=teacher_outputs)
-            if not math.isfinite(terms["loss"]):
-                raise NonFiniteLossError(
-                    f"{desc}: loss is {terms['loss']} at step {step + 1} (terms {terms}); stopped. "
-                    f"Last good checkpoint: {last_ckpt or 'none saved yet'}"
-                )
-            accelerator.backward(loss / cfg.grad_accum_steps)
+                if _any_process(accelerator, not math.isfinite(terms["loss"])):  # all processes stop, or none
+                    raise NonFiniteLossError(
+                        f"{desc}: loss is {terms['loss']} at step {step + 1} (terms {terms}, rank {rank}); stopped. "
+                        f"Last good checkpoint: {last_ckpt or 'none saved yet'}"
+                    )
+                accelerator.backward(loss / cfg.grad_accum_steps)
             for k, v in terms.items():
                 terms_sum[k] = terms_sum.get(k, 0.0) + v / cfg.grad_accum_steps
             del student, teacher_logits, teacher_outputs, loss  # free (b, T, V) logits before the next micro-batch
+        if world > 1:
+            for p in objective.parameters():  # the projections live outside the DDP wrapper: average them here
+                if p.grad is not None:
+                    p.grad = accelerator.reduce(p.grad, "mean")
+            names = sorted(terms_sum)
+            means = accelerator.reduce(torch.tensor([terms_sum[k] for k in names], device=accelerator.device), "mean")
+            terms_sum = dict(zip(names, means.tolist(), strict=True))
         if cfg.max_grad_norm is not None:
             accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
@@ -301,8 +357,8 @@ def train(
                 if step >= done_before + epoch_steps:
                     done_before += epoch_steps
                     continue
-                for batch in blocks.epoch_batches(epoch, cfg.batch_size, skip=step - done_before):
-                    terms = optimizer_step(batch)
+                for starts in blocks.epoch_batch_starts(epoch, cfg.batch_size, skip=step - done_before):
+                    terms = optimizer_step(starts)
                     step += 1
                     for k, v in terms.items():
                         window.setdefault(k, []).append(v)
@@ -327,14 +383,14 @@ def train(
                         last_ckpt = _save_checkpoint(
                             out_dir, step, model, optimizer, scheduler, accelerator, objective
                         )
-                    if interrupt.set:
+                    if _any_process(accelerator, interrupt.set):  # Ctrl-C may reach processes at different steps
                         path = _save_checkpoint(out_dir, step, model, optimizer, scheduler, accelerator, objective)
                         raise TrainingInterrupted(f"{desc}: interrupted at step {step}; checkpoint {path}", path)
                     if step >= num_steps:
                         break
                 done_before += epoch_steps
                 model.eval()
-                dev_loss = evaluate_dev_loss(dev_logits, dev)
+                dev_loss = dev_loss_all_ranks()
                 model.train()
                 dev_losses.append(dev_loss)
                 metrics.write({"event": "dev", "step": step, "epoch": epoch + 1, "dev_loss": dev_loss})
@@ -347,13 +403,25 @@ def train(
 
     final_dir = out_dir / "final"
     train_time = time.time() - start_time
-    with atomic_dir(final_dir) as tmp:
-        accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
-        _save_objective(objective, tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        write_json(tmp / "training.json", {"steps": step, "dev_losses": dev_losses, "train_time_s": train_time})
+    if accelerator.is_main_process:
+        with atomic_dir(final_dir) as tmp:
+            accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+            _save_objective(objective, tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            write_json(
+                tmp / "training.json",
+                {"steps": step, "dev_losses": dev_losses, "train_time_s": train_time, "num_processes": world},
+            )
+    accelerator.wait_for_everyone()
     return TrainResult(final_dir, step, dev_losses, train_time)
+
+
+def _any_process(accelerator: Accelerator, flag: bool) -> bool:
+    """True when ``flag`` is True on any process (one all-reduce; no communication with a single process)."""
+    if accelerator.num_processes == 1:
+        return flag
+    return accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum").item() > 0
 
 
 def _read_records(path: Path) -> list[dict]:

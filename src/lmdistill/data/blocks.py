@@ -56,11 +56,16 @@ class BlockDataset:
         rows = [np.asarray(self.tokens[s : s + self.block_size], dtype=np.int64) for s in starts]
         return torch.from_numpy(np.stack(rows))
 
-    def epoch_batches(self, epoch: int, batch_size: int, skip: int = 0):
-        """Yield (B, T) batches of ``epoch``, skipping its first ``skip`` batches (for resuming mid-epoch)."""
+    def epoch_batch_starts(self, epoch: int, batch_size: int, skip: int = 0):
+        """Yield the (B,) block start positions of each full batch of ``epoch``, skipping the first ``skip``."""
         starts = self.epoch_starts(epoch)
         for i in range(skip, len(starts) // batch_size):
-            yield self.batch(starts[i * batch_size : (i + 1) * batch_size])
+            yield starts[i * batch_size : (i + 1) * batch_size]
+
+    def epoch_batches(self, epoch: int, batch_size: int, skip: int = 0):
+        """Yield (B, T) batches of ``epoch``, skipping its first ``skip`` batches (for resuming mid-epoch)."""
+        for starts in self.epoch_batch_starts(epoch, batch_size, skip):
+            yield self.batch(starts)
 
 
 def dev_blocks(tokens: np.ndarray, block_size: int, max_blocks: int | None) -> torch.Tensor:

@@ -8,6 +8,9 @@ and computes its response part by one of three paths with equal values and gradi
   gradient buffer instead of several float32 (B, T, V) temporaries;
 - "fused": the student's final hidden states and LM head; no (B, T, V) student tensor is ever held.
 
+A cached teacher (``TopKTeacher``: top-k log-probabilities and tail mass) is read by a fourth, sparse path on the
+student's logits (``lmdistill.losses.topk``), whatever the implementation.
+
 Compatibility presets (``PRESETS`` in ``lmdistill.config``; each reproduces its anchor's formula, see the tests):
 
 ============  =====================================================================================
@@ -40,6 +43,7 @@ from lmdistill.losses.chunked import (
 )
 from lmdistill.losses.divergences import check_logits_pair, get_divergence, reduce_per_token, reduction_weights
 from lmdistill.losses.features import AttentionLoss, EmbeddingLoss, HintLoss, layer_map, model_dims
+from lmdistill.losses.topk import TopKTeacher, sparse_per_token
 
 __all__ = ["IGNORE_INDEX", "DistillationObjective", "StudentOutput", "causal_lm_ce", "next_token_targets"]
 
@@ -328,8 +332,9 @@ class DistillationObjective(nn.Module):
         Args:
             student (StudentOutput | Tensor): ``student_forward``'s output, or the (B, T, V) logits.
             labels (Tensor): (B, T) input ids with -100 where not supervised (padding).
-            teacher_logits (Tensor | None): (B, T, V), already combined over teachers (see ``TeacherEnsemble``);
-                required when alpha < 1.
+            teacher_logits (Tensor | TopKTeacher | None): (B, T, V), already combined over teachers (see
+                ``TeacherEnsemble``), or a cached teacher's top-k and tail at this objective's temperature (see
+                ``lmdistill.losses.topk`` for what D is then); required when alpha < 1.
             attention_mask (Tensor | None): (B, T) real (1) vs padding (0) positions; used by "batchmean" and
                 the feature terms.
             teacher_outputs (Sequence | None): each teacher's model output (with ``hidden_states`` and/or
@@ -393,7 +398,11 @@ class DistillationObjective(nn.Module):
         weighted_ce = ce_weights * self.alpha
         weighted_div = None if div is None else div_weights * self.divergence_scale
         teacher_logits = teacher_logits if div is not None else None
-        if self.implementation == "fused":
+        if isinstance(teacher_logits, TopKTeacher):
+            loss, d_rows, ce_rows = self._sparse_response(
+                student, teacher_logits, targets, div, weighted_ce, weighted_div
+            )
+        elif self.implementation == "fused":
             if student.hidden is None or student.lm_head is None:
                 raise ValueError("the fused path needs the student's final hidden states and LM head")
             loss, d_rows, ce_rows = fused_linear_loss(
@@ -444,3 +453,21 @@ class DistillationObjective(nn.Module):
         ce = (ce_rows * ce_weights).sum()
         d = None if div is None else masked_weighted(d_rows, div_weights).sum()
         return loss, ce, d
+
+    def _sparse_response(self, student, teacher: TopKTeacher, targets, div, weighted_ce, weighted_div):
+        """A cached (top-k + tail) teacher: D on the coarsened distributions (``lmdistill.losses.topk``).
+
+        Autograd through the student's logits whatever ``implementation`` says (the teacher side is already small).
+        """
+        if teacher.temperature != self.temperature:
+            raise ValueError(
+                f"the cached teacher is at temperature {teacher.temperature}, the objective at {self.temperature}: "
+                "rebuild the cache at the distillation temperature"
+            )
+        logits = student.logits
+        if logits is None:  # fused: the logits are needed for the student's tail mass
+            logits = student.lm_head(student.hidden)
+        ce_rows = token_cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.flatten()).view_as(targets)
+        d_rows = sparse_per_token(div, logits, teacher)
+        loss = (masked_weighted(ce_rows, weighted_ce) + masked_weighted(d_rows, weighted_div)).sum()
+        return loss, d_rows, ce_rows
