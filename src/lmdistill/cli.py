@@ -27,6 +27,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir or Path("runs") / recipe.name)
     print(f"lmdistill run: recipe {recipe.name}, run folder {run_dir}")
     results = run_experiment(recipe, run_dir, data_root=args.data_root, resume=args.resume, cache_dir=args.cache_dir)
+    if "wall_time_s" not in results:  # not rank 0 under accelerate launch: rank 0 reports
+        return 0
     print(f"done in {results['wall_time_s']:.0f} s: {run_dir / 'report.md'}")
     for name, entry in results["models"].items():
         blimp = entry.get("blimp", {}).get("overall")
@@ -35,6 +37,36 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"  {name:16s} {entry['role']:9s} params {entry['num_parameters']:>12,d}"
             f"  dev loss {dev if dev is None else f'{dev:.3f}'}"
             f"  BLiMP {'-' if blimp is None else f'{100 * blimp:.1f}%'}"
+        )
+    return 0
+
+
+def _cmd_cache_teacher(args: argparse.Namespace) -> int:
+    from lmdistill.config import load_recipe
+    from lmdistill.distributed import process_state
+    from lmdistill.pipeline import build_teacher_cache
+
+    recipe = load_recipe(args.recipe or DEFAULT_RECIPE, args.overrides)
+    run_dir = Path(args.run_dir or Path("runs") / recipe.name)
+    state = process_state()
+    if state.is_main_process:
+        print(f"lmdistill cache-teacher: recipe {recipe.name}, run folder {run_dir}")
+        if not recipe.teachers.cache:
+            print(
+                "note: this recipe has teachers.cache: false, so `lmdistill run` will run the teachers online; "
+                "build and run with the override teachers.cache=true to distil from this cache",
+                file=sys.stderr,
+            )
+    cache = build_teacher_cache(
+        recipe, run_dir, data_root=args.data_root, cache_dir=args.cache_dir, overwrite=args.overwrite
+    )
+    if state.is_main_process:
+        m = cache.manifest
+        print(
+            f"teacher cache {cache.folder}: {m['num_blocks']:,} blocks x {m['block_size']} tokens, top-{m['top_k']} "
+            f"{m['dtype']} at T={m['temperature']}, {len(m['shards'])} shards, {m['total_bytes'] / 2**20:.1f} MiB "
+            f"({m['bytes_per_token']:.1f} bytes/token), built in "
+            + ("an earlier call" if m["build_time_s"] is None else f"{m['build_time_s']:.1f} s")
         )
     return 0
 
@@ -125,10 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run (or resume) a whole experiment from a recipe",
         description="Run a recipe end to end: tokenizer, teachers, baseline, distilled student, BLiMP, report. "
-        "Overrides are KEY.PATH=VALUE, e.g. student.train.epochs=2 teachers.0.train.lr=1e-4.",
+        "Overrides are KEY.PATH=VALUE, e.g. student.train.epochs=2 teachers.members.0.train.lr=1e-4 "
+        "teachers.cache=true.",
         epilog="The run folder gets recipe.yaml, tokenizer/, models/<name>/ (final/ Hugging Face checkpoint, "
-        "checkpoints/, metrics.jsonl, tb/, blimp.json), results.json, report.md and plots/. Ctrl-C saves a "
-        "checkpoint; run again with --resume to continue where it stopped (finished stages are skipped).",
+        "checkpoints/, metrics.jsonl, tb/, eval.json), teacher-cache/ (with teachers.cache=true), results.json, "
+        "report.md and plots/. Ctrl-C saves a checkpoint; run again with --resume to continue where it stopped "
+        "(finished stages are skipped). Several processes: "
+        "accelerate launch --multi_gpu --num_processes N -m lmdistill run ...",
     )
     run.add_argument("recipe", nargs="?", help=f"packaged recipe name or YAML file (default: {DEFAULT_RECIPE})")
     run.add_argument("overrides", nargs="*", help="KEY.PATH=VALUE overrides applied before validation")
@@ -137,6 +172,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", help="data folder (default: $LMDISTILL_DATA, else ../shared/data)")
     run.add_argument("--cache-dir", help="token cache folder (default: $LMDISTILL_CACHE, else ~/.cache/lmdistill)")
     run.set_defaults(handler=_cmd_run)
+
+    cache = sub.add_parser(
+        "cache-teacher",
+        help="compute the teachers' top-k distributions once and store them for distillation",
+        description="Train the recipe's teachers if their run folder lacks them, then store the ensemble's top-k "
+        "log-probabilities (k = teachers.cache_top_k), their token ids and the tail mass for every training block "
+        "at the distillation temperature, in checksummed shards with a manifest (RUN/teacher-cache/). An "
+        "interrupted build resumes at the first missing shard. `lmdistill run RECIPE teachers.cache=true "
+        "--resume` then distils from it.",
+        epilog="Example: lmdistill cache-teacher babyllama-cpu teachers.cache=true teachers.cache_top_k=64. "
+        "Several processes build disjoint shards: "
+        "accelerate launch --multi_gpu --num_processes N -m lmdistill cache-teacher ...",
+    )
+    cache.add_argument("recipe", nargs="?", help=f"packaged recipe name or YAML file (default: {DEFAULT_RECIPE})")
+    cache.add_argument("overrides", nargs="*", help="KEY.PATH=VALUE overrides applied before validation")
+    cache.add_argument("--run-dir", help="run folder (default: runs/<recipe name>)")
+    cache.add_argument("--overwrite", action="store_true", help="rebuild the cache even if one is there")
+    cache.add_argument("--data-root", help="data folder (default: $LMDISTILL_DATA, else ../shared/data)")
+    cache.add_argument("--cache-dir", help="token cache folder (default: $LMDISTILL_CACHE, else ~/.cache/lmdistill)")
+    cache.set_defaults(handler=_cmd_cache_teacher)
 
     recipes = sub.add_parser("recipes", help="list, show or validate recipes")
     recipes.add_argument("action", choices=["ls", "show", "validate"])
@@ -195,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     transformers.utils.logging.set_verbosity_warning()
     from lmdistill.config import ConfigError
     from lmdistill.pipeline import RunFolderError
+    from lmdistill.teachers.cache import CacheCorruptError
     from lmdistill.training import NonFiniteLossError, TrainingInterrupted
 
     try:
@@ -211,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         KeyError,
         ValueError,
         ImportError,
+        CacheCorruptError,
     ) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)

@@ -39,6 +39,7 @@ from lmdistill.data.corpus import file_sha256, load_corpus, source_files
 from lmdistill.data.root import resolve_data_root
 from lmdistill.data.tokenizer import load_tokenizer, save_tokenizer, tokenizer_fingerprint, train_tokenizer
 from lmdistill.data.tokens import tokenize_documents
+from lmdistill.distributed import process_state
 from lmdistill.evaluation.blimp import blimp_summary
 from lmdistill.evaluation.runner import evaluate_tasks, task_specs
 from lmdistill.evaluation.scoring import hf_logits_fn
@@ -273,9 +274,7 @@ def _evaluate(name: str, model: Any, data: _Data, recipe: RecipeConfig, root: Pa
 
 def _setup(recipe: RecipeConfig, run_dir: Path, data_root, resume: bool, cache_dir) -> tuple[Path, _Data]:
     """Check the run folder, prepare data and tokenizer (rank 0 first), record the recipe."""
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = process_state()
     root = resolve_data_root(data_root)
     _prepare_run_folder(recipe, run_dir, resume)
     state.wait_for_everyone()  # before rank 0 writes recipe.yaml, which the check above reads
@@ -397,14 +396,12 @@ def run_experiment(
         DataRootError, FileNotFoundError, ValueError: missing or empty data, tokenizer mismatch.
         NonFiniteLossError, TrainingInterrupted: from training (the last good checkpoint is kept).
     """
-    from accelerate import PartialState
-
     from lmdistill.reporting.report import write_report
 
     start = time.time()
     run_dir = Path(run_dir)
     root, data = _setup(recipe, run_dir, data_root, resume, cache_dir)
-    main_process = PartialState().is_main_process
+    main_process = process_state().is_main_process
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results: dict[str, Any] = {}
     teachers = _teachers(recipe, run_dir, data, resume, results)

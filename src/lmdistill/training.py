@@ -37,6 +37,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_sc
 from lmdistill.atomic import atomic_dir, write_json
 from lmdistill.config import TrainConfig
 from lmdistill.data.blocks import BlockDataset
+from lmdistill.distributed import on_cpu
 from lmdistill.losses.objective import DistillationObjective, causal_lm_ce
 from lmdistill.teachers.cache import TeacherCache
 from lmdistill.teachers.ensemble import TeacherEnsemble
@@ -252,7 +253,7 @@ def train(
     if mixed_precision != "no" and not torch.cuda.is_available():
         log.warning("mixed_precision=%s needs a GPU; training in float32 on the CPU", mixed_precision)
         mixed_precision = "no"
-    accelerator = Accelerator(mixed_precision=mixed_precision)
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=on_cpu())
     rank, world = accelerator.process_index, accelerator.num_processes
     if cfg.batch_size % (cfg.grad_accum_steps * world):
         raise ValueError(
@@ -278,7 +279,8 @@ def train(
     params = [*model.parameters(), *objective.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, num_steps), num_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # the scheduler stays unprepared: Accelerate would step it once per process, our batches are split, not added
+    model, optimizer = accelerator.prepare(model, optimizer)
 
     step, last_ckpt = 0, None
     if resume and (last_ckpt := _latest_checkpoint(out_dir)) is not None:

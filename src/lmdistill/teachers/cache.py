@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from lmdistill.atomic import atomic_path, write_json
 from lmdistill.data.blocks import BlockDataset
+from lmdistill.distributed import process_state
 from lmdistill.losses.topk import TopKTeacher, topk_teacher
 from lmdistill.teachers.ensemble import TeacherEnsemble
 
@@ -340,7 +341,7 @@ def build_cache(
         arrays = {k: np.concatenate(v) for k, v in parts.items()}
         path = folder / f"{_shard_name(shard)}.safetensors"
         with atomic_path(path) as tmp:
-            save_file(arrays, str(tmp), metadata={"first_block": str(indices[0]), "num_blocks": str(len(indices))})
+            save_file(arrays, str(tmp))  # no metadata: safetensors writes it in hash order, and shards must be stable
         write_json(
             folder / f"{_shard_name(shard)}.json",
             {
@@ -349,6 +350,7 @@ def build_cache(
                 "num_blocks": len(indices),
                 "bytes": path.stat().st_size,
                 "sha256": _sha256_file(path),
+                "rank": rank,
             },
         )
     bar.close()
@@ -375,7 +377,7 @@ def finalize_cache(folder: str | Path, spec: CacheSpec, build_time_s: float | No
         shards.append(
             {
                 "file": f"{_shard_name(s)}.safetensors",
-                **{k: record[k] for k in ("first_block", "num_blocks", "bytes", "sha256")},
+                **{k: record[k] for k in ("first_block", "num_blocks", "bytes", "sha256", "rank")},
             }
         )
     if missing:
@@ -535,10 +537,8 @@ def ensure_cache(
         CacheMismatchError: a finished or partial cache for other settings is there and ``overwrite`` is False.
         CacheCorruptError: a shard of the finished cache is truncated or corrupted.
     """
-    from accelerate import PartialState
-
     folder = Path(folder)
-    state = PartialState()
+    state = process_state()
     if (folder / MANIFEST).is_file() and not overwrite:
         return TeacherCache.open(folder, spec, verify=verify)
     start = time.perf_counter()
