@@ -1,6 +1,7 @@
 """End to end: `lmdistill run babyllama-smoke` on the real data, every output file checked, then resumed."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -103,3 +104,37 @@ def test_report_command_rebuilds_and_compares(smoke_run, tmp_path, capsys):
     assert (run_dir / "report.md").is_file()
     assert "student" in out.read_text()
     torch.manual_seed(0)  # keep later tests independent of this module's RNG use
+
+
+def test_cached_teachers_distil_a_student_and_a_corrupt_shard_is_named(smoke_run, tmp_path, data_root, capsys):
+    """`cache-teacher` then `run --resume` with teachers.cache=true, reusing the smoke run's trained teachers."""
+    run_dir, cache = smoke_run
+    teachers = run_dir / "models"
+    overrides = [
+        f"teachers.members.0.model.path={teachers / 'gpt2-teacher' / 'final'}",
+        "teachers.members.0.train=null",
+        f"teachers.members.1.model.path={teachers / 'llama-teacher' / 'final'}",
+        "teachers.members.1.train=null",
+        "teachers.cache=true",
+        "teachers.cache_shard_blocks=16",
+        "baseline=false",
+        "evaluation.tasks=[blimp]",
+    ]
+    where = ["--run-dir", str(tmp_path / "cached"), "--cache-dir", str(cache), "--data-root", str(data_root)]
+    assert main(["cache-teacher", "babyllama-smoke", *overrides, *where]) == 0
+    out = capsys.readouterr().out
+    assert "top-64 float16 at T=2.0" in out and "bytes/token" in out
+    manifest = json.loads((tmp_path / "cached" / "teacher-cache" / "manifest.json").read_text())
+    assert len(manifest["shards"]) > 1 and manifest["bytes_per_token"] <= 300
+    assert main(["run", "babyllama-smoke", *overrides, *where, "--resume"]) == 0
+    results = json.loads((tmp_path / "cached" / "results.json").read_text())
+    student = results["models"]["student"]
+    assert student["teacher_cache"]["top_k"] == 64 and student["teacher_cache"]["bytes_per_token"] <= 300
+    assert student["dev_loss"] > 0 and 0.0 <= student["blimp"]["overall"] <= 1.0
+    # a damaged shard is found before training starts, and named
+    shutil.rmtree(tmp_path / "cached" / "models" / "student")
+    shard = tmp_path / "cached" / "teacher-cache" / "shard-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-64])
+    assert main(["run", "babyllama-smoke", *overrides, *where, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "shard-00001.safetensors" in err and "truncated" in err

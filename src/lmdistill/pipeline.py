@@ -54,7 +54,10 @@ __all__ = [
     "RunFolderError",
     "build_teacher_cache",
     "default_cache_dir",
+    "open_teacher_cache",
+    "prepare_run",
     "run_experiment",
+    "train_teachers",
     "validate_recipe_data",
 ]
 
@@ -272,8 +275,15 @@ def _evaluate(name: str, model: Any, data: _Data, recipe: RecipeConfig, root: Pa
     return {s.name: done[s.name] for s in specs}
 
 
-def _setup(recipe: RecipeConfig, run_dir: Path, data_root, resume: bool, cache_dir) -> tuple[Path, _Data]:
-    """Check the run folder, prepare data and tokenizer (rank 0 first), record the recipe."""
+def prepare_run(recipe: RecipeConfig, run_dir: Path, data_root, resume: bool, cache_dir) -> tuple[Path, _Data]:
+    """Check the run folder, prepare data and tokenizer (rank 0 first), record the recipe.
+
+    Returns:
+        tuple: the data root, and the run's data (tokenizer, training blocks, dev blocks, provenance info).
+
+    Raises:
+        RunFolderError: the folder holds another run (without ``resume``) or another recipe.
+    """
     state = process_state()
     root = resolve_data_root(data_root)
     _prepare_run_folder(recipe, run_dir, resume)
@@ -285,8 +295,11 @@ def _setup(recipe: RecipeConfig, run_dir: Path, data_root, resume: bool, cache_d
     return root, data
 
 
-def _teachers(recipe: RecipeConfig, run_dir: Path, data: _Data, resume: bool, results: dict) -> dict[str, Any]:
-    """Train (or load) every teacher; their entries go into ``results``. Returns name -> model."""
+def train_teachers(recipe: RecipeConfig, run_dir: Path, data: _Data, resume: bool, results: dict) -> dict[str, Any]:
+    """Train (or load, or find already trained in the run folder) every teacher, in order.
+
+    Their results entries (parameters, dev loss, training time) go into ``results``; returns name -> model.
+    """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     lm = DistillationObjective.language_modeling(recipe.loss.implementation)
     teachers = {}
@@ -306,7 +319,7 @@ def teacher_cache_dir(recipe: RecipeConfig, run_dir: Path) -> Path:
     return Path(recipe.teachers.cache_dir) if recipe.teachers.cache_dir else run_dir / "teacher-cache"
 
 
-def _open_cache(
+def open_teacher_cache(
     recipe: RecipeConfig,
     run_dir: Path,
     data: _Data,
@@ -314,6 +327,7 @@ def _open_cache(
     ensemble: TeacherEnsemble,
     overwrite: bool = False,
 ) -> TeacherCache:
+    """The run's teacher cache (``ensure_cache`` with the recipe's settings): opened, or built first if missing."""
     spec = cache_spec(
         teachers,
         recipe.distillation.ensemble,
@@ -363,11 +377,11 @@ def build_teacher_cache(
         CacheCorruptError: a shard of the finished cache is truncated or corrupted.
     """
     run_dir = Path(run_dir)
-    _, data = _setup(recipe, run_dir, data_root, True, cache_dir)
-    teachers = _teachers(recipe, run_dir, data, True, {})
+    _, data = prepare_run(recipe, run_dir, data_root, True, cache_dir)
+    teachers = train_teachers(recipe, run_dir, data, True, {})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ensemble = TeacherEnsemble(list(teachers.values()), rule=recipe.distillation.ensemble).to(device)
-    return _open_cache(recipe, run_dir, data, teachers, ensemble, overwrite=overwrite)
+    return open_teacher_cache(recipe, run_dir, data, teachers, ensemble, overwrite=overwrite)
 
 
 def run_experiment(
@@ -400,11 +414,11 @@ def run_experiment(
 
     start = time.time()
     run_dir = Path(run_dir)
-    root, data = _setup(recipe, run_dir, data_root, resume, cache_dir)
+    root, data = prepare_run(recipe, run_dir, data_root, resume, cache_dir)
     main_process = process_state().is_main_process
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results: dict[str, Any] = {}
-    teachers = _teachers(recipe, run_dir, data, resume, results)
+    teachers = train_teachers(recipe, run_dir, data, resume, results)
     lm = DistillationObjective.language_modeling(recipe.loss.implementation)
 
     ensemble = TeacherEnsemble(list(teachers.values()), rule=recipe.distillation.ensemble).to(device)
@@ -429,7 +443,7 @@ def run_experiment(
     kd = DistillationObjective.from_config(recipe.distillation, recipe.loss)
     student_teacher: TeacherEnsemble | TeacherCache = ensemble
     if recipe.teachers.cache and not (run_dir / "models" / "student" / "final" / "config.json").exists():
-        student_teacher = _open_cache(recipe, run_dir, data, teachers, ensemble)
+        student_teacher = open_teacher_cache(recipe, run_dir, data, teachers, ensemble)
     out = _train_stage(
         "student", recipe.student.model, recipe.student.train, data, recipe, run_dir, kd, student_teacher, resume
     )

@@ -109,11 +109,12 @@ def _save_objective(objective: DistillationObjective, folder: Path) -> None:
 
 def _save_checkpoint(out_dir, step, model, optimizer, scheduler, accelerator, objective) -> Path:
     path = out_dir / "checkpoints" / f"step-{step:07d}"
+    weights = accelerator.get_state_dict(model)  # every rank takes part (FSDP gathers the shards); DDP: a no-op
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return path
     with atomic_dir(path) as tmp:
-        accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=weights, safe_serialization=True)
         _save_objective(objective, tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -405,9 +406,10 @@ def train(
 
     final_dir = out_dir / "final"
     train_time = time.time() - start_time
+    weights = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         with atomic_dir(final_dir) as tmp:
-            accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+            accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=weights, safe_serialization=True)
             _save_objective(objective, tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
