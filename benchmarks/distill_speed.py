@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import shutil
 import time
@@ -158,6 +159,7 @@ def main() -> None:
     parser.add_argument("--data-root")
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
     overrides = [*args.overrides, f"teachers.cache_top_k={args.top_k}", "evaluation.tasks=[blimp]"]
     if args.teachers_from:

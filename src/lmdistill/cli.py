@@ -144,6 +144,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The recipe, its overrides and the run folder options shared by ``run`` and ``cache-teacher``."""
+    parser.add_argument("recipe", nargs="?", help=f"packaged recipe name or YAML file (default: {DEFAULT_RECIPE})")
+    parser.add_argument("overrides", nargs="*", help="KEY.PATH=VALUE overrides applied before validation")
+    parser.add_argument("--run-dir", help="run folder (default: runs/<recipe name>)")
+    parser.add_argument("--data-root", help="data folder (default: $LMDISTILL_DATA, else ../shared/data)")
+    parser.add_argument("--cache-dir", help="token cache folder (default: $LMDISTILL_CACHE, else ~/.cache/lmdistill)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lmdistill`` and its subcommands."""
     parser = argparse.ArgumentParser(
@@ -165,12 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(finished stages are skipped). Several processes: "
         "accelerate launch --multi_gpu --num_processes N -m lmdistill run ...",
     )
-    run.add_argument("recipe", nargs="?", help=f"packaged recipe name or YAML file (default: {DEFAULT_RECIPE})")
-    run.add_argument("overrides", nargs="*", help="KEY.PATH=VALUE overrides applied before validation")
-    run.add_argument("--run-dir", help="run folder (default: runs/<recipe name>)")
+    _add_run_arguments(run)
     run.add_argument("--resume", action="store_true", help="continue the run folder: skip finished stages")
-    run.add_argument("--data-root", help="data folder (default: $LMDISTILL_DATA, else ../shared/data)")
-    run.add_argument("--cache-dir", help="token cache folder (default: $LMDISTILL_CACHE, else ~/.cache/lmdistill)")
     run.set_defaults(handler=_cmd_run)
 
     cache = sub.add_parser(
@@ -185,12 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Several processes build disjoint shards: "
         "accelerate launch --multi_gpu --num_processes N -m lmdistill cache-teacher ...",
     )
-    cache.add_argument("recipe", nargs="?", help=f"packaged recipe name or YAML file (default: {DEFAULT_RECIPE})")
-    cache.add_argument("overrides", nargs="*", help="KEY.PATH=VALUE overrides applied before validation")
-    cache.add_argument("--run-dir", help="run folder (default: runs/<recipe name>)")
+    _add_run_arguments(cache)
     cache.add_argument("--overwrite", action="store_true", help="rebuild the cache even if one is there")
-    cache.add_argument("--data-root", help="data folder (default: $LMDISTILL_DATA, else ../shared/data)")
-    cache.add_argument("--cache-dir", help="token cache folder (default: $LMDISTILL_CACHE, else ~/.cache/lmdistill)")
     cache.set_defaults(handler=_cmd_cache_teacher)
 
     recipes = sub.add_parser("recipes", help="list, show or validate recipes")
@@ -258,6 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as err:
         run_dir = getattr(args, "run_dir", None) or "RUN_DIR"
         print(f"\ninterrupted: {err}. Resume with: lmdistill run --resume --run-dir {run_dir}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # outside a training step, e.g. while building a teacher cache
+        print(
+            "\ninterrupted. Finished stages, checkpoints and cache shards are kept: run the same command again "
+            "(with --resume for `run`) to continue",
+            file=sys.stderr,
+        )
         return 130
     except (
         ConfigError,
