@@ -8,12 +8,14 @@ objective on the same blocks in the same order, one after the other on this mach
   then the student reads it (``lmdistill.losses.topk``).
 
 The teachers are the recipe's, trained in ``--work-dir`` (or reused from a finished run with ``--teachers-from``).
-The table gives wall time per epoch, tokens per second, the cache build time, bytes per token on disk, the mean
-``KL(full teacher || top-k reconstruction)`` over sampled blocks (tail mass spread evenly over the other tokens),
-the final dev loss and BLiMP of both students. It is written to ``benchmarks/results/distill_speed.md`` after each
-phase.
+The speed table (the recipe's seed) gives wall time per epoch, tokens per second, the cache build time, bytes per
+token on disk and the mean ``KL(full teacher || top-k reconstruction)`` over sampled blocks (tail mass spread
+evenly over the other tokens). The quality table repeats both students (and, with ``--baseline``, the student
+trained without distillation) over ``--seeds`` seeds (initialisation and block order) with the final dev loss and
+BLiMP (all 67,000 pairs unless ``--blimp-limit``): one seed cannot tell a 1-point BLiMP difference from seed noise.
+Everything is written to ``benchmarks/results/distill_speed.md`` after each phase.
 
-    python benchmarks/distill_speed.py [--teachers-from runs/babyllama-cpu] [--top-k 64] [--blimp-limit 100]
+    python benchmarks/distill_speed.py [--teachers-from runs/babyllama-cpu] [--top-k 64] [--seeds 3] [--baseline]
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 
 from lmdistill.atomic import write_text
 from lmdistill.config import load_recipe
+from lmdistill.data.blocks import BlockDataset
 from lmdistill.evaluation.runner import evaluate_tasks
 from lmdistill.losses import DistillationObjective
 from lmdistill.losses.topk import reconstruction_kl
@@ -42,8 +45,8 @@ from lmdistill.training import train
 RESULTS = Path(__file__).parent / "results" / "distill_speed.md"
 
 
-def _student(recipe, tokenizer):
-    torch.manual_seed(recipe.seed)
+def _student(recipe, tokenizer, seed: int):
+    torch.manual_seed(seed)
     return build_model(
         recipe.student.model,
         vocab_size=len(tokenizer),
@@ -54,17 +57,21 @@ def _student(recipe, tokenizer):
     )
 
 
-def _train_timed(recipe, data, teacher, out_dir: Path) -> dict:
-    """Train the student; wall time of each epoch from step timestamps (an epoch ends after its dev loss)."""
+def _train_timed(recipe, data, teacher, out_dir: Path, seed: int) -> dict:
+    """Train the student (``seed``: initialisation and block order; no teacher: the baseline), timing each epoch."""
     if out_dir.exists():
         shutil.rmtree(out_dir)
     cfg = recipe.student.train
-    steps_per_epoch = [data.train.num_batches(e, cfg.batch_size) for e in range(cfg.epochs)]
+    blocks = BlockDataset(data.train.tokens, data.train.block_size, seed=seed, random_offset=False)
+    steps_per_epoch = [blocks.num_batches(e, cfg.batch_size) for e in range(cfg.epochs)]
+    if teacher is None:
+        objective = DistillationObjective.language_modeling(recipe.loss.implementation)
+    else:
+        objective = DistillationObjective.from_config(recipe.distillation, recipe.loss)
     stamps = {0: time.perf_counter()}
-    objective = DistillationObjective.from_config(recipe.distillation, recipe.loss)
     result = train(
-        _student(recipe, data.tokenizer),
-        data.train,
+        _student(recipe, data.tokenizer, seed),
+        blocks,
         data.dev,
         cfg,
         out_dir,
@@ -75,12 +82,11 @@ def _train_timed(recipe, data, teacher, out_dir: Path) -> dict:
         on_step=lambda step: stamps.__setitem__(step, time.perf_counter()),
     )
     end = time.perf_counter()
-    bounds = np.cumsum([0, *steps_per_epoch])[:-1]
     # epoch e: from the end of epoch e - 1's last step (or the call) to the end of its own last step; the dev loss
-    # of epoch e - 1 falls in it, and the last epoch also holds its dev loss and the final save
-    edges = [stamps[int(b)] for b in bounds] + [end]
-    epoch_times = np.diff(edges).tolist()
-    tokens = sum(steps_per_epoch) * cfg.batch_size * data.train.block_size
+    # of epoch e - 1 falls in it, and the last epoch also holds its own dev loss and the final save
+    bounds = np.cumsum([0, *steps_per_epoch])[:-1]
+    epoch_times = np.diff([stamps[int(b)] for b in bounds] + [end]).tolist()
+    tokens = sum(steps_per_epoch) * cfg.batch_size * blocks.block_size
     return {
         "final_dir": result.final_dir,
         "epoch_times": epoch_times,
@@ -90,7 +96,7 @@ def _train_timed(recipe, data, teacher, out_dir: Path) -> dict:
     }
 
 
-def _blimp(final_dir: Path, tokenizer, root: Path, limit: int) -> float:
+def _blimp(final_dir: Path, tokenizer, root: Path, limit: int | None) -> float:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(final_dir).eval()
@@ -110,15 +116,36 @@ def _reconstruction_kl(ensemble, cache, blocks, temperature: float, sample: int)
     return total / count
 
 
-def _table(rows: list[dict], meta: dict) -> str:
+def _topk_mass(cache) -> float:
+    """Mean share of the probability mass the cached top-k hold (1 - tail mass), over every cached position."""
+    total, count = 0.0, 0
+    for shard in range(cache.spec.num_shards):
+        part = cache.lookup(np.asarray(cache.spec.shard_range(shard)))
+        total += (1 - part.log_tail.exp()).sum().item()
+        count += part.log_tail.numel()
+    return total / count
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _mean_std(values: list[float], digits: int, sign: bool = False) -> str:
+    if not values:
+        return "-"
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{float(np.mean(values)):{'+' if sign else ''}.{digits}f} ± {std:.{digits}f}"
+
+
+def _blimp_gap(runs: dict) -> float | None:
+    """Cached minus online BLiMP, in points."""
+    online, cached = runs.get("online", {}).get("blimp"), runs.get("cached", {}).get("blimp")
+    return None if online is None or cached is None else 100 * (cached - online)
+
+
+def _speed_table(rows: list[dict], meta: dict) -> list[str]:
     lines = [
-        "# Distillation speed: online teachers vs a top-k teacher cache",
-        "",
-        f"`python benchmarks/distill_speed.py {meta['args']}` on {meta['machine']}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads. Recipe `{meta['recipe']}`: {meta['tokens']:,} training tokens "
-        f"({meta['blocks']:,} blocks of {meta['block_size']}), {meta['epochs']} epochs, batch {meta['batch']}, "
-        f"V = {meta['vocab']:,}; teachers {meta['teachers']}; student {meta['student_params']:,} parameters. "
-        f"BLiMP: {meta['blimp_pairs']}.",
+        f"## Speed (seed {meta['seed']})",
         "",
         "| variant | wall / epoch (s) | distillation total (s) | tokens / s | cache build (s) | total incl. build (s) "
         "| speed-up | bytes / token | mean KL(full ‖ top-k recon.) | dev loss | BLiMP (%) |",
@@ -136,15 +163,61 @@ def _table(rows: list[dict], meta: dict) -> str:
     lines += [
         "",
         "Speed-up = online total / this variant's total, the cache build included. Wall time per epoch includes "
-        "the epoch's dev loss. The KL is over "
-        f"{meta['kl_blocks']} sampled blocks at the distillation temperature, in nats per token.",
+        f"the epoch's dev loss. The KL is over {meta['kl_blocks']} sampled blocks at the distillation temperature, "
+        "in nats per token."
+        + (
+            f" The cached top-k hold {meta['topk_mass']:.1%} of the teachers' probability mass on average at this "
+            "temperature; the rest is the tail."
+            if "topk_mass" in meta
+            else ""
+        ),
         "",
     ]
+    return lines
+
+
+def _quality_table(quality: list[dict]) -> list[str]:
+    variants = list(quality[0]["runs"])
+    lines = [
+        f"## Quality over seeds ({len(quality)})",
+        "",
+        "| seed | " + " | ".join(f"{v} dev loss | {v} BLiMP (%)" for v in variants) + " | cached - online BLiMP |",
+        "|---|" + "---|---|" * len(variants) + "---|",
+    ]
+    for q in quality:
+        cells = []
+        for v in variants:
+            run = q["runs"][v]
+            cells.append(
+                f"{run['dev_loss']:.4f} | {_fmt(None if run.get('blimp') is None else 100 * run['blimp'], '.1f')}"
+            )
+        lines.append(f"| {q['seed']} | {' | '.join(cells)} | {_fmt(_blimp_gap(q['runs']), '+.1f')} |")
+    if len(quality) > 1:
+        cells = []
+        for v in variants:
+            dev = [q["runs"][v]["dev_loss"] for q in quality]
+            blimp = [100 * q["runs"][v]["blimp"] for q in quality if q["runs"][v].get("blimp") is not None]
+            cells.append(f"{_mean_std(dev, 4)} | {_mean_std(blimp, 1)}")
+        gaps = [g for q in quality if (g := _blimp_gap(q["runs"])) is not None]
+        lines.append(f"| mean ± std | {' | '.join(cells)} | {_mean_std(gaps, 1, sign=True)} |")
+    return [*lines, ""]
+
+
+def _report(rows: list[dict], meta: dict, quality: list[dict]) -> str:
+    lines = [
+        "# Distillation speed: online teachers vs a top-k teacher cache",
+        "",
+        f"`python benchmarks/distill_speed.py {meta['args']}` on {meta['machine']}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads. Recipe `{meta['recipe']}`: {meta['tokens']:,} training tokens "
+        f"({meta['blocks']:,} blocks of {meta['block_size']}), {meta['epochs']} epochs, batch {meta['batch']}, "
+        f"V = {meta['vocab']:,}; teachers {meta['teachers']}; student {meta['student_params']:,} parameters. "
+        f"BLiMP: {meta['blimp_pairs']}.",
+        "",
+        *_speed_table(rows, meta),
+    ]
+    if quality:
+        lines += _quality_table(quality)
     return "\n".join(lines)
-
-
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def main() -> None:
@@ -154,7 +227,9 @@ def main() -> None:
     parser.add_argument("--work-dir", default="runs/distill-speed", help="run folder for teachers, cache, students")
     parser.add_argument("--teachers-from", help="reuse the trained teachers of this finished run folder")
     parser.add_argument("--top-k", type=int, default=64)
-    parser.add_argument("--blimp-limit", type=int, default=100, help="pairs per BLiMP paradigm")
+    parser.add_argument("--seeds", type=int, default=3, help="students per variant, seeds recipe.seed + i")
+    parser.add_argument("--baseline", action="store_true", help="also train the student without distillation")
+    parser.add_argument("--blimp-limit", type=int, help="pairs per BLiMP paradigm (default: all 1,000)")
     parser.add_argument("--kl-blocks", type=int, default=128, help="blocks sampled for the reconstruction KL")
     parser.add_argument("--data-root")
     parser.add_argument("--output", default=str(RESULTS))
@@ -174,9 +249,14 @@ def main() -> None:
     ensemble = TeacherEnsemble(list(teachers.values()), rule=recipe.distillation.ensemble)
     cfg = recipe.student.train
     meta = {
-        "args": " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v and k != "overrides"),
+        "args": " ".join(
+            f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+            for k, v in vars(args).items()
+            if v and k not in ("overrides", "output")
+        ),
         "machine": f"{platform.machine()} {torch.get_num_threads()}-thread CPU ({platform.platform()})",
         "recipe": recipe.name,
+        "seed": recipe.seed,
         "tokens": int(len(data.train.tokens)),
         "blocks": len(data.train),
         "block_size": data.train.block_size,
@@ -184,17 +264,19 @@ def main() -> None:
         "batch": cfg.batch_size,
         "vocab": len(data.tokenizer),
         "teachers": ", ".join(f"{n} {sum(p.numel() for p in m.parameters()):,}" for n, m in teachers.items()),
-        "student_params": sum(p.numel() for p in _student(recipe, data.tokenizer).parameters()),
-        "blimp_pairs": f"{args.blimp_limit} pairs per paradigm, 67 paradigms",
+        "student_params": sum(p.numel() for p in _student(recipe, data.tokenizer, recipe.seed).parameters()),
+        "blimp_pairs": f"{args.blimp_limit or 'all 1,000'} pairs per paradigm, 67 paradigms",
         "kl_blocks": args.kl_blocks,
     }
     rows: list[dict] = []
+    quality: list[dict] = []
 
     def publish() -> None:
-        write_text(args.output, _table(rows, meta))
-        print(_table(rows, meta))
+        text = _report(rows, meta, quality)
+        write_text(args.output, text)
+        print(text)
 
-    online = _train_timed(recipe, data, ensemble, work / "student-online")
+    online = _train_timed(recipe, data, ensemble, work / "student-online", recipe.seed)
     rows.append({"variant": "online", **online, "total_s": online["train_s"]})
     publish()
 
@@ -204,8 +286,8 @@ def main() -> None:
     start = time.perf_counter()
     cache = open_teacher_cache(recipe, work, data, teachers, ensemble)
     build_s = time.perf_counter() - start  # includes opening (checksums), as a run pays it
-    cached = _train_timed(recipe, data, cache, work / "student-cached")
-    recon = _reconstruction_kl(ensemble, cache, data.train, recipe.distillation.temperature, args.kl_blocks)
+    cached = _train_timed(recipe, data, cache, work / "student-cached", recipe.seed)
+    meta["topk_mass"] = _topk_mass(cache)
     rows.append(
         {
             "variant": f"cached (top-{args.top_k}, {recipe.teachers.cache_dtype})",
@@ -213,17 +295,33 @@ def main() -> None:
             "build_s": build_s,
             "total_s": cached["train_s"] + build_s,
             "bytes_per_token": cache.manifest["bytes_per_token"],
-            "recon_kl": recon,
+            "recon_kl": _reconstruction_kl(
+                ensemble, cache, data.train, recipe.distillation.temperature, args.kl_blocks
+            ),
         }
     )
     publish()
 
-    for row, run in zip(rows, (online, cached), strict=True):
-        row["blimp"] = _blimp(run["final_dir"], data.tokenizer, root, args.blimp_limit)
-        publish()
-    (work / "distill_speed.json").write_text(
-        json.dumps([{k: v for k, v in r.items() if k != "final_dir"} for r in rows], indent=2)
-    )
+    for i in range(args.seeds):
+        seed = recipe.seed + i
+        runs = {"online": online, "cached": cached}
+        if i > 0:
+            runs = {
+                "online": _train_timed(recipe, data, ensemble, work / f"student-online-{seed}", seed),
+                "cached": _train_timed(recipe, data, cache, work / f"student-cached-{seed}", seed),
+            }
+        if args.baseline:
+            runs["baseline"] = _train_timed(recipe, data, None, work / f"student-baseline-{seed}", seed)
+        quality.append({"seed": seed, "runs": runs})
+        for run in runs.values():
+            run["blimp"] = _blimp(run["final_dir"], data.tokenizer, root, args.blimp_limit)
+            rows[0]["blimp"], rows[1]["blimp"] = online.get("blimp"), cached.get("blimp")
+            publish()
+    records = [
+        {"seed": q["seed"], **{v: {k: x for k, x in r.items() if k != "final_dir"} for v, r in q["runs"].items()}}
+        for q in quality
+    ]
+    (work / "distill_speed.json").write_text(json.dumps(records, indent=2))
 
 
 if __name__ == "__main__":

@@ -288,10 +288,10 @@ def prepare_run(recipe: RecipeConfig, run_dir: Path, data_root, resume: bool, ca
     root = resolve_data_root(data_root)
     _prepare_run_folder(recipe, run_dir, resume)
     state.wait_for_everyone()  # before rank 0 writes recipe.yaml, which the check above reads
-    with state.main_process_first():
+    with state.main_process_first():  # the other ranks then load rank 0's tokenizer and token cache
         data = _prepare_data(recipe, run_dir, root, Path(cache_dir) if cache_dir else default_cache_dir())
-    if state.is_main_process:
-        write_text(run_dir / "recipe.yaml", to_yaml(recipe))  # only now: a run that fails on bad data can be re-run
+        if state.is_main_process:  # only now: a run that fails on bad data can simply be re-run
+            write_text(run_dir / "recipe.yaml", to_yaml(recipe))
     return root, data
 
 
