@@ -15,10 +15,12 @@ from lmdistill.losses.features import (
     save_projections,
 )
 from lmdistill.losses.objective import IGNORE_INDEX, DistillationObjective, causal_lm_ce
+from lmdistill.losses.topk import TopKTeacher, reconstruction_kl, sparse_per_token, topk_teacher
 
 __all__ = [
     "IGNORE_INDEX",
     "AttentionLoss",
+    "TopKTeacher",
     "DistillationObjective",
     "EmbeddingLoss",
     "HintLoss",
@@ -31,7 +33,10 @@ __all__ = [
     "layer_map",
     "load_projections",
     "model_dims",
+    "reconstruction_kl",
     "reduce_per_token",
     "reverse_kl",
     "save_projections",
+    "sparse_per_token",
+    "topk_teacher",
 ]

@@ -290,7 +290,7 @@ def build_cache(
     """Build this rank's missing shards of the cache in ``folder`` (resuming an interrupted build).
 
     With several processes, call it on every rank (rank 0 first writes ``spec.json``; the caller puts a barrier
-    between that and the other ranks, see ``lmdistill.teachers.offline``), then ``finalize_cache`` on rank 0.
+    between that and the other ranks, as ``ensure_cache`` does), then ``finalize_cache`` on rank 0.
 
     Args:
         ensemble (TeacherEnsemble): the teachers, on the device to run them on.
