@@ -297,11 +297,11 @@ def train(
 
     def dev_loss_all_ranks() -> float:
         """Dev CE over every dev block; with several processes each takes every N-th block, then they average."""
-        mine = dev[rank::world]
-        local_loss = evaluate_dev_loss(dev_logits, mine) * len(mine) if len(mine) else 0.0
         if world == 1:
-            return local_loss / max(len(mine), 1)
-        total = accelerator.reduce(torch.tensor([local_loss, float(len(mine))], device=accelerator.device), "sum")
+            return evaluate_dev_loss(dev_logits, dev)
+        mine = dev[rank::world]
+        local_sum = evaluate_dev_loss(dev_logits, mine) * len(mine) if len(mine) else 0.0
+        total = accelerator.reduce(torch.tensor([local_sum, float(len(mine))], device=accelerator.device), "sum")
         return (total[0] / total[1].clamp_min(1)).item()
 
     def optimizer_step(starts) -> dict[str, float]:
