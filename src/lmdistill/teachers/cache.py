@@ -531,7 +531,8 @@ def ensure_cache(
         folder (str | Path): the cache folder.
         batch_size (int): blocks per teacher forward pass while building.
         overwrite (bool): rebuild from scratch even when a cache (for any spec) is there.
-        verify (bool): check every shard's checksum when opening.
+        verify (bool): check every shard's checksum when opening a cache that was already there (a cache built by
+            this call was hashed as it was written; sizes are always checked).
 
     Raises:
         CacheMismatchError: a finished or partial cache for other settings is there and ``overwrite`` is False.
@@ -566,4 +567,5 @@ def ensure_cache(
             folder,
         )
     state.wait_for_everyone()
-    return TeacherCache.open(folder, spec, verify=verify)
+    # every shard was hashed from disk as it was written (its sidecar; the manifest copies them): no second pass
+    return TeacherCache.open(folder, spec, verify=False)
