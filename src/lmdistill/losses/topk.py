@@ -169,5 +169,6 @@ def reconstruction_kl(teacher_logits: Tensor, teacher: TopKTeacher) -> Tensor:
     tail_each = teacher.log_tail.float() - math.log(max(vocab - k, 1))  # log(m / (V - k))
     log_p_hat = tail_each.unsqueeze(-1).expand_as(log_p).clone()
     log_p_hat.scatter_(-1, teacher.ids.long(), teacher.log_probs.float())
-    terms = log_p.exp() * (log_p - log_p_hat)
-    return torch.where(log_p.exp() > 0, terms, torch.zeros_like(terms)).sum(-1)
+    p = log_p.exp()
+    terms = p * (log_p - log_p_hat)
+    return torch.where(p > 0, terms, torch.zeros_like(terms)).sum(-1)  # 0 * log 0 = 0

@@ -205,6 +205,19 @@ def cache_spec(
 ) -> CacheSpec:
     """The ``CacheSpec`` of a run: fingerprints of its teachers and tokens plus the cache settings.
 
+    Args:
+        teachers (dict[str, nn.Module]): name -> teacher, in ensemble order (their weights are hashed).
+        ensemble_rule (str): "logits" or "probs" (``TeacherEnsemble``).
+        tokenizer_sha256 (str): the run tokenizer's fingerprint (``tokenizer_fingerprint``).
+        blocks (BlockDataset): the training blocks (the token array is hashed).
+        top_k (int): tokens kept per position, in [1, V].
+        dtype (str): "float16" or "float32", storage of the log-probabilities.
+        temperature (float): the distillation temperature T > 0.
+        shard_blocks (int): blocks per shard, >= 1.
+
+    Returns:
+        CacheSpec: what a cache for this run must hold.
+
     Raises:
         ValueError: ``blocks`` uses random offsets, or k / dtype / temperature / shard size out of range.
     """
