@@ -37,8 +37,8 @@ from lmdistill.data.blocks import BlockDataset
 from lmdistill.evaluation.runner import evaluate_tasks
 from lmdistill.losses import DistillationObjective
 from lmdistill.losses.topk import reconstruction_kl
+from lmdistill.methods.babyllama import open_teacher_cache, prepare, train_teachers
 from lmdistill.models import build_model
-from lmdistill.pipeline import open_teacher_cache, prepare_run, train_teachers
 from lmdistill.teachers import TeacherEnsemble
 from lmdistill.training import train
 
@@ -263,7 +263,7 @@ def main() -> None:
             overrides += [f"teachers.members.{i}.model.path={final}", f"teachers.members.{i}.train=null"]
     recipe = load_recipe(args.recipe, overrides)
     work = Path(args.work_dir)
-    root, data = prepare_run(recipe, work, args.data_root, True, None)
+    root, data = prepare(recipe, work, args.data_root, True, None)
     teachers = train_teachers(recipe, work, data, True, {})
     ensemble = TeacherEnsemble(list(teachers.values()), rule=recipe.distillation.ensemble)
     cfg = recipe.student.train

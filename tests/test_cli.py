@@ -92,7 +92,7 @@ def test_teacher_with_another_tokenizer_is_refused(tmp_path, capsys, data_root):
 
 
 def test_resume_without_a_run_folder_uses_the_default_recipe_folder(tmp_path, monkeypatch, capsys):
-    import lmdistill.pipeline
+    import lmdistill.methods.babyllama
 
     seen = {}
 
@@ -101,7 +101,7 @@ def test_resume_without_a_run_folder_uses_the_default_recipe_folder(tmp_path, mo
         raise KeyboardInterrupt  # stop before any work
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(lmdistill.pipeline, "run_experiment", fake_run)
+    monkeypatch.setattr(lmdistill.methods.babyllama, "run", fake_run)
     assert main(["run", "--resume"]) == 130  # Ctrl-C outside a training step: a message, not a traceback
     assert "interrupted" in capsys.readouterr().err
     assert seen["name"] == "babyllama-cpu" and seen["run_dir"] == "runs/babyllama-cpu" and seen["resume"]

@@ -246,7 +246,11 @@ def test_tokenizer_errors(tmp_path: Path) -> None:
 
 
 def _slow_path(documents: list[str], tokenizer) -> np.ndarray:
-    ids = [i for doc in documents for i in (*tokenizer.encode(doc, add_special_tokens=False), tokenizer.eos_token_id)]
+    ids = [
+        i
+        for doc in documents
+        for i in (tokenizer.bos_token_id, *tokenizer.encode(doc, add_special_tokens=False), tokenizer.eos_token_id)
+    ]
     return np.asarray(ids, dtype=np.int64)
 
 
@@ -257,8 +261,10 @@ def test_token_cache_matches_slow_path(tokenizer, corpus: list[str], tmp_path: P
     assert arr.dtype == np.uint16 and arr.ndim == 1 and not arr.flags.writeable
     np.testing.assert_array_equal(np.asarray(arr, dtype=np.int64), _slow_path(docs, tokenizer))
     eos = np.flatnonzero(np.asarray(arr) == tokenizer.eos_token_id)
-    lengths = [len(tokenizer.encode(d, add_special_tokens=False)) + 1 for d in docs]
+    lengths = [len(tokenizer.encode(d, add_special_tokens=False)) + 2 for d in docs]
     np.testing.assert_array_equal(eos, np.cumsum(lengths) - 1)  # one eos right after each document
+    bos = np.flatnonzero(np.asarray(arr) == tokenizer.bos_token_id)
+    np.testing.assert_array_equal(bos, np.concatenate([[0], eos[:-1] + 1]))  # <s> starts every document
     (npy,) = tmp_path.glob("train-*.npy")
     assert np.array_equal(np.load(npy, mmap_mode="r"), arr)
     meta = read_sidecar(npy)

@@ -14,7 +14,7 @@ DEFAULT_RECIPE = "babyllama-cpu"
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from lmdistill.config import load_recipe
-    from lmdistill.pipeline import run_experiment
+    from lmdistill.methods import get_method
 
     if args.resume and args.recipe is None and args.run_dir:  # resume a run folder with its own recipe
         recipe_file = Path(args.run_dir) / "recipe.yaml"
@@ -25,8 +25,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         recipe = load_recipe(args.recipe or DEFAULT_RECIPE, args.overrides)
     run_dir = Path(args.run_dir or Path("runs") / recipe.name)
-    print(f"lmdistill run: recipe {recipe.name}, run folder {run_dir}")
-    results = run_experiment(recipe, run_dir, data_root=args.data_root, resume=args.resume, cache_dir=args.cache_dir)
+    print(f"lmdistill run: recipe {recipe.name} (method {recipe.method}), run folder {run_dir}")
+    method = get_method(recipe.method)
+    results = method.run(recipe, run_dir, data_root=args.data_root, resume=args.resume, cache_dir=args.cache_dir)
     if "wall_time_s" not in results:  # not rank 0 under accelerate launch: rank 0 reports
         return 0
     print(f"done in {results['wall_time_s']:.0f} s: {run_dir / 'report.md'}")
@@ -44,9 +45,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_cache_teacher(args: argparse.Namespace) -> int:
     from lmdistill.config import load_recipe
     from lmdistill.distributed import process_state
-    from lmdistill.pipeline import build_teacher_cache
+    from lmdistill.methods.babyllama import NAME, build_teacher_cache
 
     recipe = load_recipe(args.recipe or DEFAULT_RECIPE, args.overrides)
+    if recipe.method != NAME:
+        print(
+            f"error: cache-teacher caches a Baby Llama ensemble; {recipe.name} has method {recipe.method}",
+            file=sys.stderr,
+        )
+        return 2
     run_dir = Path(args.run_dir or Path("runs") / recipe.name)
     state = process_state()
     if state.is_main_process:
@@ -75,8 +82,9 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
     from lmdistill.config import list_recipes, load_recipe, recipe_path, to_yaml
 
     if args.action == "ls":
-        for name, description in list_recipes().items():
-            print(f"{name:20s} {description}")
+        print(f"{'recipe':20s} {'method':10s} description")
+        for name, info in list_recipes().items():
+            print(f"{name:20s} {info['method']:10s} {info['description']}")
         return 0
     if args.target is None:
         print(f"error: recipes {args.action} needs a recipe name or file", file=sys.stderr)
@@ -89,13 +97,15 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
             end="",
         )
         return 0
-    from lmdistill.pipeline import validate_recipe_data
+    from lmdistill.methods import get_method
 
     recipe = load_recipe(args.target, args.overrides)
-    problems = validate_recipe_data(recipe, args.data_root)
+    problems = get_method(recipe.method).validate_data(recipe, args.data_root)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
-    print(f"{args.target}: valid recipe {recipe.name!r}" + (" (data problems above)" if problems else ""))
+    print(
+        f"{args.target}: valid {recipe.method} recipe {recipe.name!r}" + (" (data problems above)" if problems else "")
+    )
     return 1 if problems else 0
 
 
@@ -153,6 +163,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", help="token cache folder (default: $LMDISTILL_CACHE, else ~/.cache/lmdistill)")
 
 
+def _methods_text() -> str:
+    from lmdistill.methods import METHODS
+
+    return ", ".join(METHODS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lmdistill`` and its subcommands."""
     parser = argparse.ArgumentParser(
@@ -165,9 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="run (or resume) a whole experiment from a recipe",
-        description="Run a recipe end to end: tokenizer, teachers, baseline, distilled student, BLiMP, report. "
-        "Overrides are KEY.PATH=VALUE, e.g. student.train.epochs=2 teachers.members.0.train.lr=1e-4 "
-        "teachers.cache=true.",
+        description="Run a recipe end to end with the stages of its method (the recipe's `method` key). "
+        f"Methods: {_methods_text()}. Overrides are KEY.PATH=VALUE, e.g. student.train.epochs=2 "
+        "teachers.members.0.train.lr=1e-4 teachers.cache=true. `lmdistill recipes ls` lists the packaged recipes "
+        "and their methods.",
         epilog="The run folder gets recipe.yaml, tokenizer/, models/<name>/ (final/ Hugging Face checkpoint, "
         "checkpoints/, metrics.jsonl, tb/, eval.json), teacher-cache/ (with teachers.cache=true), results.json, "
         "report.md and plots/. Ctrl-C saves a checkpoint; run again with --resume to continue where it stopped "
@@ -250,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     transformers.utils.logging.disable_progress_bar()  # per-save "Writing model shards" bars drown the run's own
     transformers.utils.logging.set_verbosity_warning()
     from lmdistill.config import ConfigError
-    from lmdistill.pipeline import RunFolderError
+    from lmdistill.methods.runfolder import RunFolderError
     from lmdistill.teachers.cache import CacheCorruptError
     from lmdistill.training import NonFiniteLossError, TrainingInterrupted
 

@@ -1,20 +1,25 @@
-"""One explicit training loop, on HF Accelerate, for plain LM training (teachers, baseline) and distillation.
+"""One explicit training loop, on HF Accelerate, for every method: plain training (teachers, baselines) and KD.
 
-Read top to bottom: set up (optimizer, cosine schedule, resume) -> for each epoch, for each batch: student
-forward, teacher forward (no grad) or cache lookup, objective, backward, clip, step -> dev loss at each epoch
-end -> final checkpoint. Checkpoints are Hugging Face folders plus optimizer, scheduler and RNG state, written
-atomically; a run resumed from one gives the same weights as an uninterrupted run (same seed, same machine).
+Read top to bottom: set up (optimizer, cosine schedule, resume) -> for each epoch, for each global batch: this
+process's micro-batches -> student forward, teacher forward (no grad) or cache lookup, objective, backward ->
+pre-step hooks (they can read the gradients) -> clip, step -> dev loss at each epoch end -> final checkpoint.
+Checkpoints are Hugging Face folders plus optimizer, scheduler and every process's RNG state, written atomically;
+a run resumed from one gives the same weights as an uninterrupted run (same seed, same machine).
+
+Normalisation: the loss of one optimizer step is the mean over the supervised tokens of the whole global batch,
+across micro-batches and processes. Each micro-batch's mean loss is weighted by its share of the global batch's
+supervised tokens, so gradient accumulation and several processes equal one process with the whole batch even
+when lengths differ (padded examples), and every logged term is that same global token mean.
 
 Several processes (``accelerate launch --num_processes N``; DDP, or FSDP / DeepSpeed from an Accelerate config):
-every process draws the same global batch of ``batch_size`` blocks and takes its own contiguous slice of
-``batch_size / N`` blocks, so the loss curve is that of one process with the same global batch (gradients are
-averaged across processes, every block has the same number of tokens). Rank 0 writes checkpoints, metrics and the
-final folder; logged terms and the dev loss are averaged over all processes.
+every process draws the same global batch of ``batch_size`` rows and takes its own contiguous slice of
+``batch_size / N`` rows; gradients are averaged across processes (the loss is scaled so that the average is the
+global token mean); each process draws its own dropout masks. Rank 0 writes checkpoints, metrics and the final
+folder.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -23,31 +28,45 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
 from lmdistill.atomic import atomic_dir, write_json
-from lmdistill.config import TrainConfig
+from lmdistill.config.sections import TrainConfig
+from lmdistill.data.batches import Batch, BlockSource, ExampleSource, dev_batches
 from lmdistill.data.blocks import BlockDataset
 from lmdistill.distributed import on_cpu
-from lmdistill.losses.objective import DistillationObjective, causal_lm_ce
+from lmdistill.losses.chunked import IGNORE_INDEX, token_cross_entropy
+from lmdistill.losses.objective import DistillationObjective
+from lmdistill.models.families import FAMILIES, ModelFamily
 from lmdistill.teachers.cache import TeacherCache
 from lmdistill.teachers.ensemble import TeacherEnsemble
 
-__all__ = ["NonFiniteLossError", "TrainResult", "TrainingInterrupted", "evaluate_dev_loss", "total_steps", "train"]
+__all__ = [
+    "NonFiniteLossError",
+    "StepInfo",
+    "TrainResult",
+    "TrainingInterrupted",
+    "evaluate_dev_loss",
+    "total_steps",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 _CKPT = re.compile(r"^step-(\d+)$")
 KEEP_CHECKPOINTS = 2
 OBJECTIVE_FILE = "objective.safetensors"  # the feature terms' learned projections, beside the weights
+Source = BlockSource | ExampleSource
 
 
 class NonFiniteLossError(RuntimeError):
@@ -73,24 +92,53 @@ class TrainResult:
     dev_losses: list[float] = field(default_factory=list)
     """Dev CE (nats per token) at each epoch end."""
     train_time_s: float = 0.0
-    """Wall time of this call (a resumed run counts only its own part)."""
+    """Training wall time over every invocation (a resumed run adds the time before its checkpoint)."""
 
 
-def total_steps(blocks: BlockDataset, cfg: TrainConfig) -> int:
-    """Optimizer steps of the whole schedule: full batches over all epochs, capped by ``max_steps``."""
-    steps = sum(blocks.num_batches(e, cfg.batch_size) for e in range(cfg.epochs))
+def _as_source(data: Source | BlockDataset, cfg: TrainConfig) -> Source:
+    return BlockSource(data, cfg.batch_size) if isinstance(data, BlockDataset) else data
+
+
+def total_steps(data: Source | BlockDataset, cfg: TrainConfig) -> int:
+    """Optimizer steps of the whole schedule: full global batches over all epochs, capped by ``max_steps``."""
+    source = _as_source(data, cfg)
+    steps = sum(source.num_batches(e) for e in range(cfg.epochs))
     return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
 
 @torch.no_grad()
-def evaluate_dev_loss(logits_fn: Callable[[Tensor], Tensor], dev: Tensor, batch_size: int = 32) -> float:
-    """Mean next-token CE (nats per token) of ``logits_fn`` over dev blocks (N, T); every block weighs equally."""
+def dev_loss_sums(
+    logits_fn: Callable[[Batch], Tensor], dev: Sequence[Batch], family: ModelFamily = FAMILIES["causal_lm"]
+) -> tuple[float, int]:
+    """Summed CE (nats) and the number of supervised tokens of ``logits_fn`` over dev batches."""
     total, count = 0.0, 0
-    for i in range(0, len(dev), batch_size):
-        ids = dev[i : i + batch_size]
-        logits = logits_fn(ids)  # (b, T, V), on the model's device
-        total += causal_lm_ce(logits, ids.to(logits.device)).item() * len(ids)
-        count += len(ids)
+    for batch in dev:
+        logits = family.positions(logits_fn(batch))  # (b, T, V), on the model's device
+        targets = family.targets(batch.labels).to(logits.device)
+        per_token = token_cross_entropy(logits.flatten(0, -2), targets.flatten())
+        total += float(per_token.sum())
+        count += int((targets != IGNORE_INDEX).sum())
+    return total, count
+
+
+def evaluate_dev_loss(
+    logits_fn: Callable[[Batch], Tensor],
+    dev: Tensor | Sequence[Batch],
+    batch_size: int = 32,
+    family: ModelFamily = FAMILIES["causal_lm"],
+) -> float:
+    """Mean CE (nats per supervised token) of ``logits_fn`` over the dev data.
+
+    Args:
+        logits_fn (Callable[[Batch], Tensor]): a batch -> its (b, T, V) logits (on any device).
+        dev (Tensor | Sequence[Batch]): (N, T) dev blocks (labels = inputs), or batches.
+        batch_size (int): blocks per forward pass, for a tensor.
+        family (ModelFamily): aligns labels with logits (causal LMs: next token).
+
+    Returns:
+        float: the token-weighted mean CE; 0.0 when nothing is supervised.
+    """
+    total, count = dev_loss_sums(logits_fn, dev_batches(dev, batch_size), family)
     return total / max(count, 1)
 
 
@@ -107,9 +155,24 @@ def _save_objective(objective: DistillationObjective, folder: Path) -> None:
         save_file(state, folder / OBJECTIVE_FILE)
 
 
-def _save_checkpoint(out_dir, step, model, optimizer, scheduler, accelerator, objective) -> Path:
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_checkpoint(out_dir, step, model, optimizer, scheduler, accelerator, objective, train_time) -> Path:
+    """``checkpoints/step-N/`` (atomically): weights, projections, optimizer, scheduler, each process's RNG."""
     path = out_dir / "checkpoints" / f"step-{step:07d}"
     weights = accelerator.get_state_dict(model)  # every rank takes part (FSDP gathers the shards); DDP: a no-op
+    rng_states = gather_object([_rng_state()]) if accelerator.num_processes > 1 else [_rng_state()]
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return path
@@ -118,11 +181,8 @@ def _save_checkpoint(out_dir, step, model, optimizer, scheduler, accelerator, ob
         _save_objective(objective, tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save(rng, tmp / "rng.pt")
-        write_json(tmp / "state.json", {"step": step})
+        torch.save({**rng_states[0], "ranks": rng_states}, tmp / "rng.pt")
+        write_json(tmp / "state.json", {"step": step, "train_time_s": train_time})
     old = sorted(p for p in (out_dir / "checkpoints").glob("step-*") if _CKPT.match(p.name))[:-KEEP_CHECKPOINTS]
     for p in old:
         shutil.rmtree(p)
@@ -130,7 +190,8 @@ def _save_checkpoint(out_dir, step, model, optimizer, scheduler, accelerator, ob
     return path
 
 
-def _load_checkpoint(path: Path, model, optimizer, scheduler, accelerator, objective) -> int:
+def _load_checkpoint(path: Path, model, optimizer, scheduler, accelerator, objective) -> tuple[int, float]:
+    """Restore a checkpoint; returns its step and the training time spent up to it (seconds)."""
     if objective.state_dict():
         if not (path / OBJECTIVE_FILE).is_file():
             raise RuntimeError(f"checkpoint {path} has no {OBJECTIVE_FILE} for the objective's feature projections")
@@ -138,15 +199,24 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler, accelerator, objec
     state = load_file(path / "model.safetensors")
     missing, unexpected = accelerator.unwrap_model(model).load_state_dict(state, strict=False)
     tied = accelerator.unwrap_model(model).config.tie_word_embeddings
-    if unexpected or [k for k in missing if not (tied and k.endswith("lm_head.weight"))]:
+    if unexpected or [k for k in missing if not (tied and k.endswith(("lm_head.weight", "decoder.weight")))]:
         raise RuntimeError(f"checkpoint {path} does not match the model: missing={missing} unexpected={unexpected}")
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng = torch.load(path / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return int(json.loads((path / "state.json").read_text())["step"])
+    ranks = rng.get("ranks") or [rng]
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if len(ranks) == world:
+        _set_rng_state(ranks[rank])
+    else:  # a checkpoint of another world size: the same data order, other dropout masks
+        log.warning(
+            "checkpoint %s was written by %d process(es), resumed by %d: dropout masks differ", path, len(ranks), world
+        )
+        _set_rng_state(ranks[0])
+        if rank:
+            torch.manual_seed(torch.initial_seed() + 7919 * rank)
+    info = json.loads((path / "state.json").read_text())
+    return int(info["step"]), float(info.get("train_time_s") or 0.0)
 
 
 class _MetricsLog:
@@ -201,10 +271,33 @@ class _InterruptFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
+@dataclass
+class StepInfo:
+    """What a pre-step hook sees, between backward and the optimizer step.
+
+    The step's gradients are complete (accumulated, reduced across processes) and not yet clipped.
+
+    Attributes:
+        step (int): the optimizer step about to be taken (1-based).
+        model (torch.nn.Module): the student, unwrapped from DDP (read ``p.grad`` of its parameters).
+        objective (DistillationObjective): its learned modules (projections) have gradients too.
+        terms (dict[str, float]): the step's loss terms (global token means).
+    """
+
+    step: int
+    model: torch.nn.Module
+    objective: DistillationObjective
+    terms: dict[str, float]
+
+
+PreStepHook = Callable[[StepInfo], "dict[str, float] | None"]
+"""Called between backward and the optimizer step; the metrics it returns are logged with the step's terms."""
+
+
 def train(
     model: PreTrainedModel,
-    blocks: BlockDataset,
-    dev: Tensor,
+    data: Source | BlockDataset,
+    dev: Tensor | Sequence[Batch],
     cfg: TrainConfig,
     out_dir: Path,
     *,
@@ -214,16 +307,19 @@ def train(
     resume: bool = True,
     desc: str = "train",
     on_step: Callable[[int], None] | None = None,
+    pre_step_hooks: Sequence[PreStepHook] = (),
 ) -> TrainResult:
-    """Train ``model`` on ``blocks`` with ``objective`` (and ``teacher`` for distillation).
+    """Train ``model`` on ``data`` with ``objective`` (and ``teacher`` for distillation).
 
     Args:
-        model (PreTrainedModel): the causal LM to train (student, baseline or teacher).
-        blocks (BlockDataset): training blocks (B, T) with per-epoch order.
-        dev (Tensor): (N, T) fixed dev blocks; their CE is measured at each epoch end.
-        cfg (TrainConfig): optimisation settings.
+        model (PreTrainedModel): the model to train (student, baseline or teacher), of ``objective.family``.
+        data (BlockSource | ExampleSource | BlockDataset): global batches (a ``BlockDataset`` is read as a
+            ``BlockSource`` of ``cfg.batch_size`` blocks).
+        dev (Tensor | Sequence[Batch]): (N, T) fixed dev blocks, or dev batches; their mean CE per supervised token is
+            measured at each epoch end.
+        cfg (TrainConfig): optimisation settings (``batch_size`` is the global batch).
         out_dir (Path): stage folder: ``checkpoints/step-N/``, ``final/``, ``metrics.jsonl``, ``tb/``.
-        objective (DistillationObjective): CE-only for LM training, CE + divergence (+ features) for distillation.
+        objective (DistillationObjective): CE-only for plain training, CE + divergence (+ features) for distillation.
         teacher (TeacherEnsemble | TeacherCache | None): frozen teachers run at every step, or their cached top-k
             distribution per block (``lmdistill.teachers.cache``; needs blocks without random offsets); needed when
             ``objective.needs_teacher``.
@@ -231,21 +327,26 @@ def train(
         resume (bool): continue from the latest checkpoint in ``out_dir`` when there is one.
         desc (str): progress-bar label.
         on_step (Callable[[int], None] | None): called after each optimizer step with the step number.
+        pre_step_hooks (Sequence[PreStepHook]): called with a ``StepInfo`` after backward, before clipping and the
+            optimizer step; the metrics they return are logged (e.g. per-layer gradient norms).
 
     Returns:
-        TrainResult: final folder, steps, dev losses per epoch, wall time.
+        TrainResult: final folder, steps, dev losses per epoch, training time over every invocation.
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf (message names the step and the last good checkpoint).
         TrainingInterrupted: Ctrl-C; a checkpoint of the last completed step was saved.
-        ValueError: the objective needs a teacher and none was given; a cache with random block offsets or with
-            feature terms; a batch that does not split evenly over processes and accumulation steps; the fused path
-            under several processes.
+        ValueError: the objective needs a teacher and none was given; a cache with random block offsets, with
+            feature terms or with examples instead of blocks; a batch that does not split evenly over processes and
+            accumulation steps; the fused path under several processes.
     """
+    source = _as_source(data, cfg)
     if objective.needs_teacher and teacher is None:
         raise ValueError("this objective distils (alpha < 1) but no teacher was given")
     cached = isinstance(teacher, TeacherCache)
-    if cached and blocks.random_offset:
+    if cached and not isinstance(source, BlockSource):
+        raise ValueError("a teacher cache holds blocks of the block grid: train on a BlockSource")
+    if cached and source.random_offset:
         raise ValueError("a teacher cache holds the fixed block grid: train on blocks without random_offset")
     if cached and objective.feature_teachers:
         raise ValueError("a teacher cache holds no hidden states or attentions: it cannot serve feature terms")
@@ -254,114 +355,150 @@ def train(
     if mixed_precision != "no" and not torch.cuda.is_available():
         log.warning("mixed_precision=%s needs a GPU; training in float32 on the CPU", mixed_precision)
         mixed_precision = "no"
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=on_cpu())
+    accum = cfg.grad_accum_steps
+    # gradient_accumulation_steps: accelerate.accumulate() syncs (and DeepSpeed steps) once per global batch
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=on_cpu(), gradient_accumulation_steps=accum)
     rank, world = accelerator.process_index, accelerator.num_processes
-    if cfg.batch_size % (cfg.grad_accum_steps * world):
+    if cfg.batch_size % (accum * world):
         raise ValueError(
-            f"batch_size={cfg.batch_size} must split evenly into grad_accum_steps={cfg.grad_accum_steps} x "
-            f"{world} processes"
+            f"batch_size={cfg.batch_size} must split evenly into grad_accum_steps={accum} x {world} processes"
         )
     if world > 1 and objective.implementation == "fused":
         raise ValueError(
             "loss.implementation=fused runs the model past its DDP wrapper: use 'chunked' with several processes"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    num_steps = total_steps(blocks, cfg)
+    num_steps = total_steps(source, cfg)
     if num_steps == 0:
-        raise ValueError(f"{len(blocks)} training blocks give no full batch of {cfg.batch_size}: lower batch_size")
+        raise ValueError(f"the training data give no full batch of {cfg.batch_size}: lower batch_size")
     local = cfg.batch_size // world  # this process's rows of each global batch
-    micro = local // cfg.grad_accum_steps
+    micro = local // accum
+    dev = dev_batches(dev)
+    family = objective.family
 
     model.to(accelerator.device)
     if teacher is not None:
         teacher.to(accelerator.device)
         objective.setup(model, [] if cached else teacher.teachers)  # feature terms: layer maps, projections
     # the objective's projections (if any) are trained with the student and saved with its checkpoints
-    params = [*model.parameters(), *objective.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [*model.parameters(), *objective.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, num_steps), num_steps)
     # the scheduler stays unprepared: Accelerate would step it once per process, our batches are split, not added
     model, optimizer = accelerator.prepare(model, optimizer)
+    # after prepare: FSDP replaces the parameters by flat shards, so clip what the prepared model holds
+    clipped = [*model.parameters(), *objective.parameters()]
 
-    step, last_ckpt = 0, None
+    step, last_ckpt, time_before = 0, None, 0.0
     if resume and (last_ckpt := _latest_checkpoint(out_dir)) is not None:
-        step = _load_checkpoint(last_ckpt, model, optimizer, scheduler, accelerator, objective)
+        step, time_before = _load_checkpoint(last_ckpt, model, optimizer, scheduler, accelerator, objective)
         log.info("%s: resumed from %s (step %d of %d)", desc, last_ckpt, step, num_steps)
+    elif rank:
+        torch.manual_seed(torch.initial_seed() + 7919 * rank)  # every process its own dropout masks
     metrics = _MetricsLog(out_dir, step, accelerator.is_main_process)
-    dev_losses = [r["dev_loss"] for r in _read_records(metrics.path) if r.get("event") == "dev"]
+    dev_by_epoch = {r["epoch"]: r["dev_loss"] for r in _read_records(metrics.path) if r.get("event") == "dev"}
     bar = tqdm(total=num_steps, initial=step, desc=desc, disable=None if accelerator.is_main_process else True)
     model.train()
 
-    def dev_logits(ids: Tensor) -> Tensor:
-        return accelerator.unwrap_model(model)(input_ids=ids.to(accelerator.device)).logits
+    def train_time() -> float:
+        return time_before + time.time() - start_time
+
+    def dev_logits(batch: Batch) -> Tensor:
+        inner = accelerator.unwrap_model(model)
+        return family.forward(inner, batch.to(accelerator.device)).logits
 
     def dev_loss_all_ranks() -> float:
-        """Dev CE over every dev block; with several processes each takes every N-th block, then they average."""
-        if world == 1:
-            return evaluate_dev_loss(dev_logits, dev)
-        mine = dev[rank::world]
-        local_sum = evaluate_dev_loss(dev_logits, mine) * len(mine) if len(mine) else 0.0
-        total = accelerator.reduce(torch.tensor([local_sum, float(len(mine))], device=accelerator.device), "sum")
-        return (total[0] / total[1].clamp_min(1)).item()
+        """Dev CE over every dev batch; with several processes each takes every N-th batch, then they add up."""
+        total, count = dev_loss_sums(dev_logits, dev[rank::world], family)
+        if world > 1:
+            sums = accelerator.reduce(torch.tensor([total, float(count)], device=accelerator.device), "sum")
+            total, count = sums[0].item(), int(sums[1].item())
+        return total / max(count, 1)
 
-    def optimizer_step(starts) -> dict[str, float]:
-        """One optimizer step over a global batch (its start positions): this process's rows in micro-batches.
+    def run_dev(epoch: int) -> None:
+        """The dev loss after ``epoch`` (1-based), logged once."""
+        model.eval()
+        dev_loss = dev_loss_all_ranks()
+        model.train()
+        dev_by_epoch[epoch] = dev_loss
+        metrics.write({"event": "dev", "step": step, "epoch": epoch, "dev_loss": dev_loss})
+        log.info("%s: epoch %d, step %d, dev loss %.4f", desc, epoch, step, dev_loss)
 
-        Returns the loss terms averaged over the micro-batches and the processes.
+    def optimizer_step(rows) -> dict[str, float]:
+        """One optimizer step over a global batch (its row ids): this process's rows in micro-batches.
+
+        Each micro-batch's mean loss is weighted by its supervised tokens over the global batch's, so the step
+        minimises the global token mean; returns the terms as global token means.
         """
-        local_starts = starts[rank * local : (rank + 1) * local]
+        mine = rows[rank * local : (rank + 1) * local]
+        parts = [source.collate(mine[i * micro : (i + 1) * micro]) for i in range(accum)]
+        counts = [objective.num_supervised(p.labels) for p in parts]
+        total = float(sum(counts))
+        if world > 1:
+            total = accelerator.reduce(torch.tensor(total, device=accelerator.device), "sum").item()
         terms_sum: dict[str, float] = {}
-        for i in range(cfg.grad_accum_steps):
-            part = local_starts[i * micro : (i + 1) * micro]
-            ids = blocks.batch(part).to(accelerator.device)
-            last = i == cfg.grad_accum_steps - 1
-            with accelerator.no_sync(model) if not last else contextlib.nullcontext(), accelerator.autocast():
-                student = objective.student_forward(model, ids)  # logits (b, T, V), or hidden states when fused
+        for part, count in zip(parts, counts, strict=True):
+            batch = part.to(accelerator.device)
+            share = count / max(total, 1.0)  # this micro-batch's share of the global batch's supervised tokens
+            with accelerator.accumulate(model), accelerator.autocast():
+                student = objective.student_forward(model, batch)  # logits (b, T, V), or hidden states when fused
                 teacher_logits = teacher_outputs = None
                 if objective.needs_teacher and cached:
-                    teacher_logits = teacher.lookup(part // blocks.block_size).to(accelerator.device)
+                    teacher_logits = teacher.lookup(batch.index.numpy()).to(accelerator.device)
                 elif objective.needs_teacher:
                     teacher_logits, teacher_outputs = teacher.forward_features(
-                        ids,
+                        batch.input_ids,
+                        batch.attention_mask,
                         temperature=objective.temperature,
                         hidden_states=objective.needs_hidden_states,
                         attentions=objective.needs_attentions,
                     )
-                loss, terms = objective(student, ids, teacher_logits, teacher_outputs=teacher_outputs)
+                loss, terms = objective(
+                    student, batch.labels, teacher_logits, batch.attention_mask, teacher_outputs=teacher_outputs
+                )
                 if _any_process(accelerator, not math.isfinite(terms["loss"])):  # all processes stop, or none
                     raise NonFiniteLossError(
                         f"{desc}: loss is {terms['loss']} at step {step + 1} (terms {terms}, rank {rank}); stopped. "
                         f"Last good checkpoint: {last_ckpt or 'none saved yet'}"
                     )
-                accelerator.backward(loss / cfg.grad_accum_steps)
+                # accelerate divides by grad_accum_steps (DeepSpeed scales the same way) and DDP averages over
+                # processes: scale back so that the summed gradient is that of the global token mean
+                accelerator.backward(loss * (share * accum * world))
             for k, v in terms.items():
-                terms_sum[k] = terms_sum.get(k, 0.0) + v / cfg.grad_accum_steps
+                terms_sum[k] = terms_sum.get(k, 0.0) + v * share
             del student, teacher_logits, teacher_outputs, loss  # free (b, T, V) logits before the next micro-batch
         if world > 1:
             for p in objective.parameters():  # the projections live outside the DDP wrapper: average them here
                 if p.grad is not None:
                     p.grad = accelerator.reduce(p.grad, "mean")
             names = sorted(terms_sum)
-            means = accelerator.reduce(torch.tensor([terms_sum[k] for k in names], device=accelerator.device), "mean")
-            terms_sum = dict(zip(names, means.tolist(), strict=True))
+            sums = accelerator.reduce(torch.tensor([terms_sum[k] for k in names], device=accelerator.device), "sum")
+            terms_sum = dict(zip(names, sums.tolist(), strict=True))
+        info = StepInfo(step + 1, accelerator.unwrap_model(model), objective, terms_sum)
+        for hook in pre_step_hooks:
+            terms_sum.update(hook(info) or {})
         if cfg.max_grad_norm is not None:
-            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            norm = accelerator.clip_grad_norm_(clipped, cfg.max_grad_norm)
+            terms_sum["grad_norm"] = float(norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         return terms_sum
 
+    def save(at_step: int) -> Path:
+        return _save_checkpoint(out_dir, at_step, model, optimizer, scheduler, accelerator, objective, train_time())
+
     window: dict[str, list[float]] = {}  # loss terms since the last metrics line, logged as their mean
+    tokens_per_step = source.tokens_per_batch() if isinstance(source, BlockSource) else None
     try:
         with _InterruptFlag() as interrupt:
             done_before = 0  # optimizer steps in the epochs before `epoch`
             for epoch in range(cfg.epochs):
-                epoch_steps = blocks.num_batches(epoch, cfg.batch_size)
-                if step >= done_before + epoch_steps:
-                    done_before += epoch_steps
-                    continue
-                for starts in blocks.epoch_batch_starts(epoch, cfg.batch_size, skip=step - done_before):
-                    terms = optimizer_step(starts)
+                epoch_steps = source.num_batches(epoch)
+                end = min(done_before + epoch_steps, num_steps)  # the step that ends this epoch
+                for rows in source.epoch_batches(epoch, skip=max(0, step - done_before)) if step < end else ():
+                    terms = optimizer_step(rows)
                     step += 1
                     for k, v in terms.items():
                         window.setdefault(k, []).append(v)
@@ -370,42 +507,40 @@ def train(
                     if bar.disable and step % max(1, num_steps // 10) == 0:  # no TTY: a log line every 10%
                         log.info("%s: step %d/%d, loss %.4f", desc, step, num_steps, terms["loss"])
                     if step % cfg.log_every_steps == 0 or step == num_steps:
-                        metrics.write(
-                            {
-                                "step": step,
-                                "epoch": round(epoch + (step - done_before) / epoch_steps, 4),
-                                **{k: round(sum(v) / len(v), 6) for k, v in window.items()},
-                                "lr": scheduler.get_last_lr()[0],
-                                "tokens": step * cfg.batch_size * blocks.block_size,
-                            }
-                        )
+                        record = {
+                            "step": step,
+                            "epoch": round(epoch + (step - done_before) / epoch_steps, 4),
+                            **{k: round(sum(v) / len(v), 6) for k, v in window.items()},
+                            "lr": scheduler.get_last_lr()[0],
+                        }
+                        if tokens_per_step:
+                            record["tokens"] = step * tokens_per_step
+                        metrics.write(record)
                         window.clear()
                     if on_step is not None:
                         on_step(step)
                     if cfg.save_every_steps and step % cfg.save_every_steps == 0 and step < num_steps:
-                        last_ckpt = _save_checkpoint(
-                            out_dir, step, model, optimizer, scheduler, accelerator, objective
-                        )
+                        last_ckpt = save(step)
+                    if step >= end:
+                        break  # the epoch's dev loss comes before an interrupt is honoured
                     if _any_process(accelerator, interrupt.set):  # Ctrl-C may reach processes at different steps
-                        path = _save_checkpoint(out_dir, step, model, optimizer, scheduler, accelerator, objective)
+                        path = save(step)
                         raise TrainingInterrupted(f"{desc}: interrupted at step {step}; checkpoint {path}", path)
-                    if step >= num_steps:
-                        break
+                if step == end and (epoch + 1) not in dev_by_epoch:
+                    run_dev(epoch + 1)  # also after a resume from a checkpoint written at the epoch's last step
                 done_before += epoch_steps
-                model.eval()
-                dev_loss = dev_loss_all_ranks()
-                model.train()
-                dev_losses.append(dev_loss)
-                metrics.write({"event": "dev", "step": step, "epoch": epoch + 1, "dev_loss": dev_loss})
-                log.info("%s: epoch %d, step %d, dev loss %.4f", desc, epoch + 1, step, dev_loss)
                 if step >= num_steps:
                     break
+                if _any_process(accelerator, interrupt.set):
+                    path = save(step)
+                    raise TrainingInterrupted(f"{desc}: interrupted at step {step}; checkpoint {path}", path)
     finally:
         bar.close()
         metrics.close()
 
+    dev_losses = [dev_by_epoch[e] for e in sorted(dev_by_epoch)]
     final_dir = out_dir / "final"
-    train_time = time.time() - start_time
+    total_time = train_time()
     weights = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         with atomic_dir(final_dir) as tmp:
@@ -415,10 +550,10 @@ def train(
                 tokenizer.save_pretrained(tmp)
             write_json(
                 tmp / "training.json",
-                {"steps": step, "dev_losses": dev_losses, "train_time_s": train_time, "num_processes": world},
+                {"steps": step, "dev_losses": dev_losses, "train_time_s": total_time, "num_processes": world},
             )
     accelerator.wait_for_everyone()
-    return TrainResult(final_dir, step, dev_losses, train_time)
+    return TrainResult(final_dir, step, dev_losses, total_time)
 
 
 def _any_process(accelerator: Accelerator, flag: bool) -> bool:

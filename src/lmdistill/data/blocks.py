@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["BlockDataset", "dev_blocks"]
+__all__ = ["BlockDataset", "dev_block_indices", "dev_blocks"]
 
 
 class BlockDataset:
@@ -69,10 +69,13 @@ class BlockDataset:
 
 
 def dev_blocks(tokens: np.ndarray, block_size: int, max_blocks: int | None) -> torch.Tensor:
-    """The fixed dev subset: the first ``max_blocks`` consecutive blocks of the dev tokens.
+    """The fixed dev subset: ``max_blocks`` blocks evenly spaced over the whole dev split (every block if None).
+
+    The dev split is read source after source, so the first blocks would all come from the first sources; evenly
+    spaced blocks give every source a share proportional to its dev tokens (a systematic sample).
 
     Returns:
-        Tensor: (num_blocks, T) int64.
+        Tensor: (num_blocks, T) int64, in split order.
 
     Raises:
         ValueError: if the dev split holds fewer than ``block_size`` tokens.
@@ -80,6 +83,12 @@ def dev_blocks(tokens: np.ndarray, block_size: int, max_blocks: int | None) -> t
     num = len(tokens) // block_size
     if num == 0:
         raise ValueError(f"the dev split has {len(tokens)} tokens, fewer than one block of {block_size}")
-    if max_blocks is not None:
-        num = min(num, max_blocks)
-    return torch.from_numpy(np.asarray(tokens[: num * block_size], dtype=np.int64).reshape(num, block_size))
+    grid = np.asarray(tokens[: num * block_size], dtype=np.int64).reshape(num, block_size)
+    if max_blocks is not None and max_blocks < num:
+        grid = grid[dev_block_indices(num, max_blocks)]
+    return torch.from_numpy(np.ascontiguousarray(grid))
+
+
+def dev_block_indices(num_blocks: int, max_blocks: int) -> np.ndarray:
+    """Indices of ``max_blocks`` of ``num_blocks`` blocks, evenly spaced (block i * num / max, rounded down)."""
+    return (np.arange(max_blocks) * num_blocks) // max_blocks

@@ -1,6 +1,8 @@
 """Token caches: documents -> one flat token array on disk (``.npy``), memory-mapped, keyed by content.
 
-The array is every document's ids followed by ``</s>`` (no ``<s>``, no padding), document after document. The
+The array is every document as ``<s> ids </s>`` (no padding), document after document: the document-start token
+``<s>`` is what an empty context is scored after at evaluation (lm-eval's prefix token), so its embedding is
+trained, and ``</s>`` ends each document. The
 file ``<name>-<key>.npy`` is keyed by the tokenizer fingerprint and the documents' text, so a changed corpus,
 budget, cleaning rule or tokenizer gives a new file and a repeated run reuses the old one. A JSON sidecar
 ``<name>-<key>.json`` records the counts.
@@ -25,7 +27,9 @@ __all__ = ["cache_key", "read_sidecar", "token_dtype", "tokenize_documents"]
 
 logger = logging.getLogger(__name__)
 
-_CACHE_VERSION = "tokens-v1"  # bump when the array layout changes, to invalidate old caches
+_CACHE_VERSION = (
+    "tokens-v2"  # v2: <s> before each document  # bump when the array layout changes, to invalidate old caches
+)
 _BATCH_SIZE = 256  # documents per batch encode
 
 
@@ -60,20 +64,21 @@ def _encode_batch(tokenizer: PreTrainedTokenizerFast, batch: list[str]) -> list[
 def tokenize_documents(
     documents: Sequence[str], tokenizer: PreTrainedTokenizerFast, cache_dir: Path, name: str
 ) -> np.ndarray:
-    """Encode ``documents`` into one flat token array with ``</s>`` after each, cached on disk.
+    """Encode ``documents`` into one flat token array, each as ``<s> ids </s>``, cached on disk.
 
     A cache hit (``<cache_dir>/<name>-<key>.npy`` exists) is opened without tokenizing. Writes are atomic: a
     half-written file keeps a temporary name and is never taken for a cache.
 
     Args:
         documents (Sequence[str]): documents, e.g. from `lmdistill.data.corpus.load_corpus`.
-        tokenizer (PreTrainedTokenizerFast): the tokenizer; its ``eos_token_id`` ends each document.
+        tokenizer (PreTrainedTokenizerFast): the tokenizer; its ``bos_token_id`` starts and its ``eos_token_id``
+            ends each document (without a BOS token, documents are only ended).
         cache_dir (Path): folder for the ``.npy`` and ``.json`` files (created if missing).
         name (str): file name prefix, e.g. "train" or "dev".
 
     Returns:
         np.ndarray: (N,) read-only memory map, ``uint16`` (or ``uint32`` for vocabularies above 65,536), where
-        N = number of tokens + number of documents.
+        N = number of tokens + 2 x number of documents (1 x without a BOS token).
 
     Raises:
         ValueError: the tokenizer has no eos token.
@@ -85,6 +90,7 @@ def tokenize_documents(
     path = cache_dir / f"{name}-{key}.npy"
     meta_path = path.with_suffix(".json")
     dtype = token_dtype(tokenizer)
+    doc_start = () if tokenizer.bos_token_id is None else (tokenizer.bos_token_id,)
     if path.is_file():
         tokens = np.load(path, mmap_mode="r")
         logger.info("token cache hit: %s (%d tokens, %d documents)", path, tokens.shape[0], len(documents))
@@ -93,7 +99,9 @@ def tokenize_documents(
         with tqdm(total=len(documents), desc=f"tokenize {name}", unit="doc", disable=None) as bar:
             for start in range(0, len(documents), _BATCH_SIZE):
                 batch = list(documents[start : start + _BATCH_SIZE])
-                flat = [i for ids in _encode_batch(tokenizer, batch) for i in (*ids, tokenizer.eos_token_id)]
+                flat = [
+                    i for ids in _encode_batch(tokenizer, batch) for i in (*doc_start, *ids, tokenizer.eos_token_id)
+                ]
                 chunks.append(np.asarray(flat, dtype=dtype))
                 bar.update(len(batch))
         num_tokens = sum(chunk.shape[0] for chunk in chunks)

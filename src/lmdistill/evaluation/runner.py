@@ -63,6 +63,7 @@ def evaluate_tasks(
     device: str | torch.device | None = None,
     progress: str | None = None,
     samples: bool = False,
+    empty_context_prefix: str = "bos",
 ) -> dict[str, dict[str, Any]]:
     """Zero-shot results of one model on each task.
 
@@ -77,6 +78,8 @@ def evaluate_tasks(
         device (str | torch.device | None): where inputs go.
         progress (str | None): description of a tqdm bar.
         samples (bool): also return each item's log-likelihoods under ``"samples"``.
+        empty_context_prefix (str): the token an empty context (BLiMP) is scored after: "bos" (lm-eval 0.4.13) or
+            "eos" (lm-eval 0.3, the BabyLM 2023 pipeline).
 
     Returns:
         dict[str, dict]: task name -> :func:`~lmdistill.evaluation.metrics.aggregate`'s result, plus
@@ -95,7 +98,15 @@ def evaluate_tasks(
         for ctx, cont in zip(doc.contexts, doc.continuations, strict=True)
     ]
     start = time.perf_counter()
-    scored = loglikelihood(model, tokenizer, requests, batch_size=batch_size, device=device, progress=progress)
+    scored = loglikelihood(
+        model,
+        tokenizer,
+        requests,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        prefix=empty_context_prefix,
+    )
     seconds = time.perf_counter() - start
     results: dict[str, dict[str, Any]] = {}
     k = 0

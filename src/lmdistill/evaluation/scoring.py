@@ -131,13 +131,21 @@ def hf_logits_fn(model: Any) -> HFLogitsFn:
     return HFLogitsFn(model)
 
 
-def prefix_token_id(tokenizer: Any) -> int:
-    """The token an empty context stands for: BOS, else EOS (lm-eval's ``HFLM.prefix_token_id``).
+def prefix_token_id(tokenizer: Any, prefix: str = "bos") -> int:
+    """The token an empty context stands for.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        prefix (str): "bos": BOS, else EOS (lm-eval >= 0.4's ``HFLM.prefix_token_id``); "eos": EOS, else BOS
+            (lm-eval 0.3's ``eot_token_id``, which the BabyLM 2023 pipeline used).
 
     Raises:
-        ValueError: the tokenizer has neither.
+        ValueError: the tokenizer has neither, or an unknown ``prefix``.
     """
-    for name in ("bos_token_id", "eos_token_id"):
+    if prefix not in ("bos", "eos"):
+        raise ValueError(f"prefix must be 'bos' or 'eos', got {prefix!r}")
+    order = ("bos_token_id", "eos_token_id") if prefix == "bos" else ("eos_token_id", "bos_token_id")
+    for name in order:
         token_id = getattr(tokenizer, name, None)
         if token_id is not None:
             return int(token_id)
@@ -156,12 +164,15 @@ def _encode_many(tokenizer: Any, texts: list[str], prefix_text: str) -> list[lis
     return out
 
 
-def encode_requests(tokenizer: Any, requests: Sequence[Request]) -> list[tuple[list[int], list[int]]]:
+def encode_requests(
+    tokenizer: Any, requests: Sequence[Request], prefix: str = "bos"
+) -> list[tuple[list[int], list[int]]]:
     """Tokenize requests into ``(context_ids, continuation_ids)`` exactly as lm-eval 0.4.13's HF backend does.
 
     Args:
         tokenizer (PreTrainedTokenizerBase): the model's tokenizer.
         requests (Sequence[Request]): N requests.
+        prefix (str): the token an empty context stands for (``prefix_token_id``): "bos" as lm-eval 0.4.13.
 
     Returns:
         list[tuple[list[int], list[int]]]: N pairs; the continuation is empty only for an empty continuation.
@@ -170,12 +181,12 @@ def encode_requests(tokenizer: Any, requests: Sequence[Request]) -> list[tuple[l
         ValueError: an empty context and a tokenizer with neither BOS nor EOS.
     """
     try:
-        prefix: int | None = prefix_token_id(tokenizer)
+        prefix_id: int | None = prefix_token_id(tokenizer, prefix)
     except ValueError:
         if any(r.context == "" for r in requests):
             raise
-        prefix = None
-    prefix_text = tokenizer.decode([prefix]) if prefix is not None else ""
+        prefix_id = None
+    prefix_text = tokenizer.decode([prefix_id]) if prefix_id is not None else ""
     contexts, wholes = [], []
     for r in requests:  # move the context's trailing whitespace to the continuation
         context = r.context.rstrip()
@@ -194,7 +205,7 @@ def encode_requests(tokenizer: Any, requests: Sequence[Request]) -> list[tuple[l
         else:
             cont = list(empty_enc[e])
             e += 1
-            pairs.append((cont[:1], cont[1:]) if cont and cont[0] == prefix else ([prefix], cont))
+            pairs.append((cont[:1], cont[1:]) if cont and cont[0] == prefix_id else ([prefix_id], cont))
     return pairs
 
 
@@ -207,6 +218,7 @@ def loglikelihood(
     max_length: int | None = None,
     device: str | torch.device | None = None,
     progress: str | None = None,
+    prefix: str = "bos",
 ) -> list[tuple[float, bool]]:
     """Log-likelihood (natural log) of each continuation given its context, and whether it is the greedy text.
 
@@ -223,6 +235,7 @@ def loglikelihood(
             unlimited.
         device (str | torch.device | None): where inputs go; default ``model.device``, else CPU.
         progress (str | None): if given, the description of a tqdm progress bar (hidden when not a TTY).
+        prefix (str): the token an empty context stands for, "bos" (lm-eval 0.4.13) or "eos" (lm-eval 0.3).
 
     Returns:
         list[tuple[float, bool]]: N ``(log-probability <= 0, is_greedy)``, in the order of ``requests``.
@@ -248,7 +261,7 @@ def loglikelihood(
     inputs: list[tuple[int, ...]] = []
     jobs: list[tuple[int, list[int]] | None] = []  # (row, continuation targets) per request
     num_cut = 0
-    for ctx, cont in encode_requests(tokenizer, requests):
+    for ctx, cont in encode_requests(tokenizer, requests, prefix):
         if not cont:
             jobs.append(None)
             continue

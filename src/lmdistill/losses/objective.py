@@ -26,10 +26,9 @@ gkd           ``JSD(beta=0.5)`` at T = 1, mean over supervised positions, no CE,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmdistill.config import PRESETS, DistillationConfig, FeatureLossConfig, LossConfig, from_dict
@@ -44,6 +43,7 @@ from lmdistill.losses.chunked import (
 from lmdistill.losses.divergences import check_logits_pair, get_divergence, reduce_per_token, reduction_weights
 from lmdistill.losses.features import AttentionLoss, EmbeddingLoss, HintLoss, layer_map, model_dims
 from lmdistill.losses.topk import TopKTeacher, sparse_per_token
+from lmdistill.models.families import FAMILIES, ModelFamily
 
 __all__ = ["IGNORE_INDEX", "DistillationObjective", "StudentOutput", "causal_lm_ce", "next_token_targets"]
 
@@ -61,7 +61,7 @@ def next_token_targets(labels: Tensor) -> Tensor:
     Returns:
         Tensor: (B, T) targets.
     """
-    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    return FAMILIES["causal_lm"].targets(labels)
 
 
 def causal_lm_ce(logits: Tensor, labels: Tensor) -> Tensor:
@@ -135,6 +135,8 @@ class DistillationObjective(nn.Module):
         chunk_size (int | None): positions per chunk of the chunked and fused paths; None = automatic.
         features (Sequence[FeatureLossConfig]): feature terms ``w_j * F_j`` (hint, attention, embedding); their
             modules (learned projections) are built by ``setup`` once the student and teachers are known.
+        family (ModelFamily | str): the student's model family, which aligns labels with logits (causal LMs
+            shift by one, masked LMs and seq2seq decoders do not, a classifier has one label per row).
 
     Raises:
         ValueError: a value out of range (checked as the recipe's ``distillation`` section is).
@@ -153,8 +155,10 @@ class DistillationObjective(nn.Module):
         implementation: str = "plain",
         chunk_size: int | None = None,
         features: Sequence[FeatureLossConfig] = (),
+        family: ModelFamily | str = "causal_lm",
     ) -> None:
         super().__init__()
+        self.family = FAMILIES[family] if isinstance(family, str) else family
         cfg = DistillationConfig(  # validates ranges with the recipe's messages
             alpha=alpha,
             temperature=temperature,
@@ -184,8 +188,10 @@ class DistillationObjective(nn.Module):
     # ------------------------------------------------------------------------------------------- constructors
 
     @classmethod
-    def from_config(cls, cfg: DistillationConfig, loss: LossConfig | None = None) -> DistillationObjective:
-        """Objective of a recipe's ``distillation`` and ``loss`` sections."""
+    def from_config(
+        cls, cfg: DistillationConfig, loss: LossConfig | None = None, family: ModelFamily | str = "causal_lm"
+    ) -> DistillationObjective:
+        """Objective of a recipe's ``distillation`` and ``loss`` sections for a student of ``family``."""
         loss = loss or LossConfig()
         return cls(
             alpha=cfg.alpha,
@@ -198,6 +204,7 @@ class DistillationObjective(nn.Module):
             implementation=loss.implementation,
             chunk_size=loss.chunk_size,
             features=cfg.features,
+            family=family,
         )
 
     @classmethod
@@ -214,9 +221,15 @@ class DistillationObjective(nn.Module):
         return cls.from_config(cfg, LossConfig(**loss_keys))
 
     @classmethod
-    def language_modeling(cls, implementation: str = "plain") -> DistillationObjective:
-        """Plain next-token CE (alpha = 1): teachers and the no-distillation baseline."""
-        return cls(alpha=1.0, temperature=1.0, implementation=implementation)
+    def language_modeling(
+        cls, implementation: str = "plain", family: ModelFamily | str = "causal_lm"
+    ) -> DistillationObjective:
+        """Plain CE on the family's targets (alpha = 1): teachers and the no-distillation baseline."""
+        return cls(alpha=1.0, temperature=1.0, implementation=implementation, family=family)
+
+    def num_supervised(self, labels: Tensor) -> int:
+        """Positions with a target once ``labels`` are aligned by the family (the CE's denominator)."""
+        return int((self.family.targets(labels) != IGNORE_INDEX).sum())
 
     @property
     def needs_teacher(self) -> bool:
@@ -283,38 +296,48 @@ class DistillationObjective(nn.Module):
     # ---------------------------------------------------------------------------------------------- forward
 
     def student_forward(
-        self, model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None
+        self, model: nn.Module, batch: Mapping | Tensor, attention_mask: Tensor | None = None
     ) -> StudentOutput:
         """Run the student as this objective's path needs: logits, or (fused) final hidden states and LM head.
 
+        Args:
+            model (nn.Module): the student (possibly DDP-wrapped).
+            batch (Mapping | Tensor): a ``Batch`` (or mapping with ``input_ids``, ``labels``, ...), or (B, T) input
+                ids of a causal LM.
+            attention_mask (Tensor | None): (B, T), when ``batch`` is a tensor.
+
         Raises:
-            ValueError: the fused path on a model whose logits are not ``lm_head(last hidden state)`` (e.g. logit
-                soft-capping or scaling).
+            ValueError: the fused path on a family or model whose logits are not ``lm_head(last hidden state)`` (a
+                masked-LM head's transform, logit soft-capping or scaling).
         """
+        if isinstance(batch, Tensor):
+            batch = {"input_ids": batch, "labels": batch, "attention_mask": attention_mask}
         extras = {}
         if self.needs_hidden_states:
             extras["output_hidden_states"] = True
         if self.needs_attentions:
             extras["output_attentions"] = True
+        family = self.family
         if self.implementation != "fused":
-            out = model(input_ids=input_ids, attention_mask=attention_mask, **extras)
+            out = family.forward(model, batch, **extras)
             return StudentOutput(
-                logits=out.logits,
-                hidden_states=getattr(out, "hidden_states", None),
-                attentions=getattr(out, "attentions", None),
+                logits=family.positions(out.logits),
+                hidden_states=family.hidden_states(out),
+                attentions=family.attentions(out),
             )
-        inner = _unwrap(model)
-        config = inner.config
+        if not family.fused:
+            raise ValueError(f"loss.implementation=fused applies to causal LMs, not {family.name}: use 'chunked'")
+        config = _unwrap(model).config
         for key in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
             if getattr(config, key, None) not in (None, 1.0):
                 raise ValueError(
                     f"loss.implementation=fused needs logits = lm_head(hidden states), but the model's config sets "
                     f"{key}={getattr(config, key)}; use 'chunked'"
                 )
-        out = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, **extras)
+        out = family.body(model)(**family.model_inputs(model, batch), **extras)
         return StudentOutput(
             hidden=out.last_hidden_state,
-            lm_head=inner.get_output_embeddings(),
+            lm_head=family.output_head(model),
             hidden_states=getattr(out, "hidden_states", None),
             attentions=getattr(out, "attentions", None),
         )
@@ -331,7 +354,8 @@ class DistillationObjective(nn.Module):
 
         Args:
             student (StudentOutput | Tensor): ``student_forward``'s output, or the (B, T, V) logits.
-            labels (Tensor): (B, T) input ids with -100 where not supervised (padding).
+            labels (Tensor): (B, T) labels before alignment (the family aligns them: a causal LM's position t
+                predicts ``labels[:, t + 1]``), -100 where not supervised; (B,) classes for a classifier.
             teacher_logits (Tensor | TopKTeacher | None): (B, T, V), already combined over teachers (see
                 ``TeacherEnsemble``), or a cached teacher's top-k and tail at this objective's temperature (see
                 ``lmdistill.losses.topk`` for what D is then); required when alpha < 1.
@@ -349,8 +373,10 @@ class DistillationObjective(nn.Module):
                 output does not fit the path, or feature terms lack their inputs (or ``setup`` was not called).
         """
         if isinstance(student, Tensor):
-            student = StudentOutput(logits=student)
-        targets = next_token_targets(labels)  # (B, T)
+            student = StudentOutput(logits=self.family.positions(student))
+        if isinstance(teacher_logits, Tensor):
+            teacher_logits = self.family.positions(teacher_logits)
+        targets = self.family.targets(labels)  # (B, T), aligned with the logits' positions
         supervised = targets != IGNORE_INDEX
         ce_weights = reduction_weights(targets.shape, supervised, "mean", device=targets.device)
         div = self.divergence if self.alpha < 1.0 else None

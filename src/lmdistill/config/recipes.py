@@ -1,0 +1,106 @@
+"""Recipe discovery and loading: packaged names or YAML files, ``method`` dispatch, overrides, validation.
+
+A recipe names its ``method`` (``lmdistill.methods.METHODS``); the method's module declares the recipe dataclass
+that validates the rest of the file. A recipe without ``method`` is a Baby Llama recipe (the first method, whose
+recipes predate the key).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmdistill.config.schema import ConfigError, apply_overrides, from_dict
+from lmdistill.registry import did_you_mean
+
+__all__ = ["DEFAULT_METHOD", "list_recipes", "load_recipe", "read_recipe_data", "recipe_path"]
+
+DEFAULT_METHOD = "babyllama"
+
+
+def _packaged_recipes() -> dict[str, Path]:
+    folder = resources.files("lmdistill") / "recipes"
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def list_recipes() -> dict[str, dict[str, str]]:
+    """Packaged recipe names mapped to ``{"method": ..., "description": first line}``."""
+    out = {}
+    for name, path in sorted(_packaged_recipes().items()):
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = str(data.get("description", "")).strip()
+        out[name] = {
+            "method": str(data.get("method", DEFAULT_METHOD)),
+            "description": text.splitlines()[0] if text else "",
+        }
+    return out
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """Resolve a packaged recipe name (``babyllama-cpu``) or a YAML file path.
+
+    Raises:
+        FileNotFoundError: naming the path, or the packaged recipes when a name is unknown.
+    """
+    packaged = _packaged_recipes()
+    if name_or_path in packaged:
+        return packaged[name_or_path]
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe file not found: {path}")
+        return path
+    raise FileNotFoundError(
+        f"unknown recipe {name_or_path!r}.{did_you_mean(name_or_path, list(packaged))} "
+        f"Packaged recipes: {', '.join(sorted(packaged))}; or pass a path to a .yaml file."
+    )
+
+
+def read_recipe_data(path: Path) -> dict[str, Any]:
+    """The parsed YAML mapping of a recipe file.
+
+    Raises:
+        ConfigError: not valid YAML, or not a mapping (the message starts with the file).
+    """
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    data = data if data is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: recipe: expected a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Any:
+    """Load, override and validate a recipe with its method's recipe class.
+
+    Args:
+        name_or_path (str): packaged recipe name or YAML path.
+        overrides (list[str]): ``a.b=c`` items applied before validation.
+
+    Returns:
+        The method's validated recipe dataclass (e.g. ``BabyLlamaRecipe``); its ``method`` names the method.
+
+    Raises:
+        FileNotFoundError: the recipe does not exist.
+        ConfigError: a key or value is wrong, or the method is unknown (the message starts with the file, or with
+            "command line" for a bad override, and the key path).
+    """
+    from lmdistill.methods import get_method
+
+    path = recipe_path(name_or_path)
+    data = read_recipe_data(path)
+    try:
+        data = apply_overrides(data, overrides or [])
+    except ConfigError as err:
+        raise ConfigError(f"command line: {err}") from None
+    try:
+        method = get_method(str(data.get("method", DEFAULT_METHOD)))
+        data = method.normalize_recipe(data)
+        return from_dict(method.Recipe, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None

@@ -1,0 +1,43 @@
+"""Methods: each one module that declares its recipe section and its stages, read top to bottom.
+
+A method module provides:
+
+- ``NAME`` and ``DESCRIPTION`` (shown by ``lmdistill recipes ls`` and ``lmdistill run --help``);
+- ``Recipe``: its recipe dataclass (the shared sections of ``lmdistill.config.sections`` plus its own);
+- ``normalize_recipe(data)``: shorthands applied to the parsed YAML before validation (may return it as is);
+- ``run(recipe, run_dir, *, data_root, resume, cache_dir)``: every stage, resumable, returning results.json's
+  payload;
+- ``validate_data(recipe, data_root)``: the data problems found before anything trains (empty list: none).
+
+The stage machinery every method shares lives once: ``lmdistill.methods.runfolder`` (run folder, resume checks,
+results.json) and ``lmdistill.methods.stages`` (corpus data, train or load a model, evaluate it). Adding a method
+is adding a module here and its name to ``METHODS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from lmdistill.config.schema import ConfigError
+from lmdistill.registry import did_you_mean
+
+__all__ = ["METHODS", "get_method"]
+
+METHODS: dict[str, str] = {
+    "babyllama": "lmdistill.methods.babyllama",
+}
+"""Method name -> module. Planned: stlm (cross-vocabulary + feature KD), tinybert, rationale."""
+
+
+def get_method(name: str) -> ModuleType:
+    """The module of method ``name``.
+
+    Raises:
+        ConfigError: an unknown method (the message lists the known ones and suggests the closest).
+    """
+    if name not in METHODS:
+        raise ConfigError(
+            f"method: unknown method {name!r}.{did_you_mean(name, list(METHODS))} Known: {', '.join(METHODS)}"
+        )
+    return importlib.import_module(METHODS[name])

@@ -1,0 +1,479 @@
+"""Method ``babyllama``: ensemble distillation from scratch (Timiryasov & Tastet 2023, arXiv:2308.02019).
+
+Its recipe section (``BabyLlamaRecipe``: teachers, student, baseline) and its stages, top to bottom::
+
+    corpus -> tokenizer -> teachers (trained in order, or loaded) -> [teacher cache] -> ensemble dev loss
+    -> baseline (no KD) -> distilled student -> zero-shot tasks of every model -> results.json -> report
+
+The student learns ``alpha * CE + (1 - alpha) * T^2 * KL(p_teacher^T || p_student^T)`` from the teachers' averaged
+logits (``lmdistill.losses.objective``). Run folder::
+
+    RUN/recipe.yaml, RUN/invocations.jsonl    (lmdistill.methods.runfolder)
+    RUN/tokenizer/                            the shared BPE tokenizer (transformers folder)
+    RUN/models/<name>/                        checkpoints/, final/ (HF folder), metrics.jsonl, tb/, eval.json
+    RUN/teacher-cache/                        with teachers.cache: the ensemble's top-k per block
+    RUN/results.json, RUN/report.md, RUN/plots/*.png
+
+Under ``accelerate launch`` every process runs this code: data preparation runs on rank 0 first, training is
+split across the processes (``lmdistill.training``), and evaluation and the report run on rank 0 only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from lmdistill.config.schema import check as _check
+from lmdistill.config.sections import (
+    DataConfig,
+    DistillationConfig,
+    EvaluationConfig,
+    LossConfig,
+    ModelConfig,
+    RecipeBase,
+    TokenizerConfig,
+    TrainConfig,
+)
+from lmdistill.data.root import resolve_data_root
+from lmdistill.distributed import process_state
+from lmdistill.evaluation.blimp import blimp_summary
+from lmdistill.evaluation.scoring import hf_logits_fn
+from lmdistill.losses.objective import DistillationObjective
+from lmdistill.methods.runfolder import Invocation, results_payload, write_results
+from lmdistill.methods.stages import (
+    CorpusData,
+    check_vocab_size,
+    evaluate_model,
+    prepare_corpus,
+    prepare_run,
+    pretrained_model_stage,
+    train_model_stage,
+    weights_fingerprint,
+)
+from lmdistill.teachers.cache import TeacherCache, cache_spec, ensure_cache
+from lmdistill.teachers.ensemble import TeacherEnsemble
+from lmdistill.training import evaluate_dev_loss
+
+__all__ = [
+    "DESCRIPTION",
+    "NAME",
+    "BabyLlamaRecipe",
+    "Recipe",
+    "StudentConfig",
+    "TeacherConfig",
+    "TeachersConfig",
+    "build_teacher_cache",
+    "normalize_recipe",
+    "open_teacher_cache",
+    "prepare",
+    "run",
+    "train_teachers",
+    "validate_data",
+]
+
+log = logging.getLogger(__name__)
+
+NAME = "babyllama"
+DESCRIPTION = "ensemble distillation from scratch (Baby Llama): teachers trained on the corpus, averaged logits"
+
+
+# ------------------------------------------------------------------------------------------------ recipe section
+
+
+@dataclass
+class TeacherConfig:
+    """A teacher: trained from scratch on the corpus (``train`` set) or loaded from ``model.path``."""
+
+    name: str
+    """Name used for its run sub-folder and in reports, e.g. "gpt2-teacher"."""
+    model: ModelConfig
+    """Architecture or checkpoint."""
+    train: TrainConfig | None = None
+    """How to train it; None means use ``model.path`` as it is."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and "/" not in self.name, "name", f"must be a plain folder name, got {self.name!r}")
+        _check(
+            self.train is not None or self.model.path is not None,
+            "train",
+            "a teacher needs either a train section or model.path pointing at a trained checkpoint",
+        )
+
+
+@dataclass
+class TeachersConfig:
+    """The teachers and how the student sees them: run online at every step, or read from a top-k cache.
+
+    A recipe may also give ``teachers`` as a plain list of teachers, short for ``{members: [...]}``.
+    """
+
+    members: list[TeacherConfig]
+    """Teachers, trained in order, combined by ``distillation.ensemble``."""
+    cache: bool = False
+    """Distil from a cache of the ensemble's top-k distribution per training block (``lmdistill cache-teacher``;
+    ``lmdistill run`` builds it when missing) instead of running the teachers at every step. Needs
+    ``data.random_offset: false`` (the cache holds the fixed block grid) and no feature terms."""
+    cache_top_k: int = 64
+    """k, tokens kept per position (their log-probabilities and ids, plus the tail mass)."""
+    cache_dtype: Literal["float16", "float32"] = "float16"
+    """Storage dtype of the cached log-probabilities (float16: 260 bytes per token at k = 64)."""
+    cache_dir: str | None = None
+    """Cache folder; null = ``RUN/teacher-cache``."""
+    cache_batch_size: int = 32
+    """Blocks per teacher forward pass while building the cache."""
+    cache_shard_blocks: int = 256
+    """Blocks per shard file (the unit of resuming an interrupted build and of splitting it across ranks)."""
+
+    @classmethod
+    def normalize(cls, data: Any) -> Any:
+        """A plain list of teachers becomes ``{members: [...]}``."""
+        return {"members": data} if isinstance(data, list) else data
+
+    def __post_init__(self) -> None:
+        _check(len(self.members) >= 1, "members", "must list at least one teacher")
+        names = [t.name for t in self.members]
+        _check(len(set(names)) == len(names), "members", f"teacher names must be unique, got {names}")
+        reserved = {"student", "baseline", "ensemble", "tokenizer"}
+        _check(not reserved & set(names), "members", f"teacher names may not be one of {sorted(reserved)}")
+        _check(self.cache_top_k >= 1, "cache_top_k", f"must be >= 1, got {self.cache_top_k}")
+        _check(
+            self.cache_dtype in ("float16", "float32"),
+            "cache_dtype",
+            f"must be 'float16' or 'float32', got {self.cache_dtype!r}",
+        )
+        _check(self.cache_batch_size >= 1, "cache_batch_size", f"must be >= 1, got {self.cache_batch_size}")
+        _check(self.cache_shard_blocks >= 1, "cache_shard_blocks", f"must be >= 1, got {self.cache_shard_blocks}")
+
+
+@dataclass
+class StudentConfig:
+    """The student (also the architecture and schedule of the no-distillation baseline)."""
+
+    model: ModelConfig
+    """Student architecture."""
+    train: TrainConfig
+    """Student schedule (the baseline uses the same)."""
+
+
+@dataclass(kw_only=True)
+class BabyLlamaRecipe(RecipeBase):
+    """A whole Baby Llama experiment: data -> tokenizer -> teachers -> baseline and student -> evaluation."""
+
+    data: DataConfig
+    """Corpus and packing."""
+    tokenizer: TokenizerConfig
+    """Tokenizer training."""
+    teachers: TeachersConfig
+    """Teachers (``members``, trained in order, combined by ``distillation.ensemble``) and the teacher cache."""
+    student: StudentConfig
+    """Student architecture and schedule."""
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
+    """KD objective."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """How the objective is computed (plain, chunked or fused)."""
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    """Zero-shot evaluation."""
+    baseline: bool = True
+    """Also train the student architecture without distillation (alpha = 1) as a baseline."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.method == NAME, "method", f"a Baby Llama recipe has method {NAME!r}, got {self.method!r}")
+        for key, model in self._models().items():
+            _check(
+                model.resolved_family == "causal_lm",
+                f"{key}.family",
+                f"Baby Llama distils causal LMs, got {model.resolved_family!r}",
+            )
+        teachers = self.teachers.members
+        # Accelerate keeps one process-wide state: every stage of a run must use the same mixed precision
+        precisions = {
+            f"teachers.members.{i}.train": t.train.mixed_precision for i, t in enumerate(teachers) if t.train
+        }
+        precisions["student.train"] = self.student.train.mixed_precision
+        _check(
+            len(set(precisions.values())) == 1,
+            "mixed_precision",
+            f"every train section of a run must use the same mixed_precision, got {precisions}",
+        )
+        for i, term in enumerate(self.distillation.features):
+            _check(
+                term.teacher < len(teachers),
+                f"distillation.features.{i}.teacher",
+                f"must index one of the {len(teachers)} teachers, got {term.teacher}",
+            )
+        if self.teachers.cache:
+            _check(
+                not self.data.random_offset,
+                "teachers.cache",
+                "needs data.random_offset: false: the cache holds one distribution per block of the fixed block "
+                "grid, and a random offset cuts different blocks every epoch",
+            )
+            _check(
+                not self.distillation.features,
+                "teachers.cache",
+                "cannot serve feature terms (distillation.features): the cache holds only the teachers' output "
+                "distribution, not their hidden states or attentions",
+            )
+
+    def _models(self) -> dict[str, ModelConfig]:
+        models = {f"teachers.members.{i}.model": t.model for i, t in enumerate(self.teachers.members)}
+        return {**models, "student.model": self.student.model}
+
+
+RecipeConfig = BabyLlamaRecipe
+"""The earlier name of ``BabyLlamaRecipe``."""
+
+Recipe = BabyLlamaRecipe
+
+
+def normalize_recipe(data: dict[str, Any]) -> dict[str, Any]:
+    """A plain list of teachers becomes ``{members: [...]}`` (so that ``teachers.cache=...`` overrides apply)."""
+    if "teachers" in data:
+        data["teachers"] = TeachersConfig.normalize(data["teachers"])
+    return data
+
+
+# ------------------------------------------------------------------------------------------------------ stages
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def prepare(
+    recipe: BabyLlamaRecipe, run_dir: Path, data_root: Any, resume: bool, cache_dir: Any
+) -> tuple[Path, CorpusData]:
+    """Check the run folder, prepare corpus, tokenizer and blocks (rank 0 first), record the recipe."""
+    return prepare_run(
+        recipe,
+        run_dir,
+        data_root,
+        resume,
+        lambda root: prepare_corpus(recipe.data, recipe.tokenizer, recipe.seed, run_dir, root, cache_dir),
+    )
+
+
+def train_teachers(
+    recipe: BabyLlamaRecipe, run_dir: Path, data: CorpusData, resume: bool, results: dict
+) -> dict[str, Any]:
+    """Train (or load, or find already trained in the run folder) every teacher, in order.
+
+    Their results entries (parameters, dev loss, training time) go into ``results``; returns name -> model.
+    """
+    lm = DistillationObjective.language_modeling(recipe.loss.implementation)
+    teachers = {}
+    for t in recipe.teachers.members:
+        if t.train is None:
+            out = pretrained_model_stage(t.name, t.model, data, _device())
+        else:
+            out = train_model_stage(t.name, t.model, t.train, data, recipe.seed, run_dir, lm, None, resume)
+        check_vocab_size(t.name, out["model"], data)
+        teachers[t.name] = out["model"]
+        results[t.name] = {"role": "teacher", **out["entry"]}
+    return teachers
+
+
+def teacher_cache_dir(recipe: BabyLlamaRecipe, run_dir: Path) -> Path:
+    """The recipe's cache folder: ``teachers.cache_dir``, else ``RUN/teacher-cache``."""
+    return Path(recipe.teachers.cache_dir) if recipe.teachers.cache_dir else run_dir / "teacher-cache"
+
+
+def open_teacher_cache(
+    recipe: BabyLlamaRecipe,
+    run_dir: Path,
+    data: CorpusData,
+    teachers: dict[str, Any],
+    ensemble: TeacherEnsemble,
+    overwrite: bool = False,
+) -> TeacherCache:
+    """The run's teacher cache (``ensure_cache`` with the recipe's settings): opened, or built first if missing."""
+    spec = cache_spec(
+        teachers,
+        recipe.distillation.ensemble,
+        data.info["tokenizer_sha256"],
+        data.train,
+        top_k=recipe.teachers.cache_top_k,
+        dtype=recipe.teachers.cache_dtype,
+        temperature=recipe.distillation.temperature,
+        shard_blocks=recipe.teachers.cache_shard_blocks,
+    )
+    return ensure_cache(
+        ensemble,
+        data.train,
+        spec,
+        teacher_cache_dir(recipe, run_dir),
+        batch_size=recipe.teachers.cache_batch_size,
+        overwrite=overwrite,
+    )
+
+
+def build_teacher_cache(
+    recipe: BabyLlamaRecipe,
+    run_dir: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    overwrite: bool = False,
+) -> TeacherCache:
+    """``lmdistill cache-teacher``: train the run's teachers if needed, then build (or finish) their cache.
+
+    The run folder follows ``lmdistill run --resume``'s rules (it must hold this recipe, if any), so a later
+    ``lmdistill run RECIPE --resume`` with the same recipe reads this cache.
+
+    Args:
+        recipe (BabyLlamaRecipe): the validated recipe (its ``teachers.cache_*`` settings say what to build).
+        run_dir (str | Path): run folder.
+        data_root (str | Path | None): data root (see ``resolve_data_root``).
+        cache_dir (str | Path | None): token cache folder (default ``default_cache_dir()``).
+        overwrite (bool): rebuild the cache from scratch.
+
+    Returns:
+        TeacherCache: the finished, verified cache.
+
+    Raises:
+        RunFolderError: the folder holds another recipe.
+        CacheMismatchError: a cache for other teachers or settings is there (and ``overwrite`` is False).
+        CacheCorruptError: a shard of the finished cache is truncated or corrupted.
+    """
+    run_dir = Path(run_dir)
+    _, data = prepare(recipe, run_dir, data_root, True, cache_dir)
+    teachers = train_teachers(recipe, run_dir, data, True, {})
+    ensemble = TeacherEnsemble(list(teachers.values()), rule=recipe.distillation.ensemble).to(_device())
+    return open_teacher_cache(recipe, run_dir, data, teachers, ensemble, overwrite=overwrite)
+
+
+def run(
+    recipe: BabyLlamaRecipe,
+    run_dir: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    resume: bool = False,
+    cache_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a whole Baby Llama experiment and write results.json, report.md and plots.
+
+    Args:
+        recipe (BabyLlamaRecipe): the validated recipe.
+        run_dir (str | Path): run folder; created if missing.
+        data_root (str | Path | None): data root (see ``resolve_data_root``).
+        resume (bool): continue a run folder: finished stages are skipped, an unfinished one resumes from its
+            latest checkpoint.
+        cache_dir (str | Path | None): token cache folder (default ``default_cache_dir()``).
+
+    Returns:
+        dict: the results written to ``RUN/results.json``.
+
+    Raises:
+        RunFolderError: the folder exists without ``resume`` or holds another recipe.
+        DataRootError, FileNotFoundError, ValueError: missing or empty data, tokenizer mismatch.
+        NonFiniteLossError, TrainingInterrupted: from training (the last good checkpoint is kept).
+    """
+    from lmdistill.reporting.report import write_report
+
+    run_dir = Path(run_dir)
+    invocation = Invocation(run_dir)
+    main_process = process_state().is_main_process
+    outcome = "failed"
+    try:
+        payload = _run_stages(recipe, run_dir, invocation, data_root, resume, cache_dir)
+        outcome = "finished"
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        raise
+    except Exception as err:  # noqa: BLE001 - recorded, then raised again
+        outcome = "interrupted" if type(err).__name__ == "TrainingInterrupted" else "failed"
+        raise
+    finally:
+        if main_process and (run_dir / "recipe.yaml").exists():
+            invocation.end(outcome)
+    if main_process:
+        write_report(run_dir)
+    return payload
+
+
+def _run_stages(
+    recipe: BabyLlamaRecipe, run_dir: Path, invocation: Invocation, data_root: Any, resume: bool, cache_dir: Any
+) -> dict[str, Any]:
+    root, data = prepare(recipe, run_dir, data_root, resume, cache_dir)
+    main_process = process_state().is_main_process
+    device = _device()
+    results: dict[str, Any] = {}
+    teachers = train_teachers(recipe, run_dir, data, resume, results)
+    lm = DistillationObjective.language_modeling(recipe.loss.implementation)
+
+    ensemble = TeacherEnsemble(list(teachers.values()), rule=recipe.distillation.ensemble).to(device)
+    if len(teachers) > 1:
+        results["ensemble"] = {
+            "role": "ensemble",
+            "family": "causal_lm",
+            "arch": "ensemble",
+            "rule": recipe.distillation.ensemble,
+            "members": list(teachers),
+            "num_parameters": sum(r["num_parameters"] for r in results.values()),
+            "dev_loss": evaluate_dev_loss(lambda b: ensemble(b.input_ids.to(device)), data.dev),
+            "dev_losses": [],
+            "train_time_s": None,
+            "metrics_file": None,
+        }
+    models: dict[str, Any] = dict(teachers)
+    if recipe.baseline:
+        out = train_model_stage(
+            "baseline", recipe.student.model, recipe.student.train, data, recipe.seed, run_dir, lm, None, resume
+        )
+        results["baseline"] = {"role": "baseline", **out["entry"]}
+        models["baseline"] = out["model"]
+    kd = DistillationObjective.from_config(recipe.distillation, recipe.loss)
+    student_teacher: TeacherEnsemble | TeacherCache = ensemble
+    if recipe.teachers.cache and not (run_dir / "models" / "student" / "final" / "config.json").exists():
+        student_teacher = open_teacher_cache(recipe, run_dir, data, teachers, ensemble)
+    out = train_model_stage(
+        "student", recipe.student.model, recipe.student.train, data, recipe.seed, run_dir, kd, student_teacher, resume
+    )
+    manifest = teacher_cache_dir(recipe, run_dir) / "manifest.json"
+    if recipe.teachers.cache and manifest.is_file():
+        m = json.loads(manifest.read_text())
+        out["entry"]["teacher_cache"] = {
+            k: m[k] for k in ("top_k", "dtype", "bytes_per_token", "total_bytes", "build_time_s")
+        }
+    results["student"] = {"role": "student", **out["entry"]}
+    models["student"] = out["model"]
+
+    if not main_process:  # evaluation and the report are rank 0's
+        return {"models": results}
+    fingerprints = {name: weights_fingerprint(m) for name, m in models.items()}
+    scorers = {name: hf_logits_fn(m.to(device)) for name, m in models.items()}
+    if "ensemble" in results:
+        scorers["ensemble"] = ensemble  # (input_ids, attention_mask) -> averaged logits at T = 1
+        fingerprints["ensemble"] = f"{recipe.distillation.ensemble}:" + ",".join(fingerprints[n] for n in teachers)
+    for name in results:
+        if recipe.evaluation.tasks:
+            tasks = evaluate_model(
+                name, scorers[name], fingerprints[name], data.tokenizer, recipe.evaluation, root, run_dir
+            )
+            results[name]["eval"] = tasks
+            if "blimp" in tasks:
+                results[name]["blimp"] = blimp_summary(tasks["blimp"])
+    payload = results_payload(recipe, invocation, data.info, results)
+    write_results(run_dir, payload)
+    return payload
+
+
+def validate_data(recipe: BabyLlamaRecipe, data_root: str | Path | None = None) -> list[str]:
+    """Check that every corpus file a recipe names exists under the data root; return the problems found."""
+    try:
+        root = resolve_data_root(data_root)
+    except FileNotFoundError as err:
+        return [str(err)]
+    problems = []
+    for s in recipe.data.sources:
+        for split in ("train", "dev"):
+            path = root / "corpus" / s.name / f"{split}.txt"
+            if not path.is_file():
+                problems.append(f"missing corpus file: {path}")
+    return problems

@@ -1,0 +1,373 @@
+"""Stages every method can use: prepare a run, corpus data, train or load a model, evaluate a model.
+
+Preparing checks the run folder, then builds the data on rank 0 first; a trained model is a resumable stage of
+its own; an evaluation is cached per model, keyed by its weights.
+
+Each stage is a function of the recipe's sections and the run folder; a method's ``run`` calls them in its order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from lmdistill.atomic import write_json
+from lmdistill.config.sections import DataConfig, EvaluationConfig, ModelConfig, TokenizerConfig, TrainConfig
+from lmdistill.data.blocks import BlockDataset, dev_block_indices, dev_blocks
+from lmdistill.data.corpus import file_sha256, load_corpus, source_files
+from lmdistill.data.root import resolve_data_root
+from lmdistill.data.tokenizer import load_tokenizer, save_tokenizer, tokenizer_fingerprint, train_tokenizer
+from lmdistill.data.tokens import tokenize_documents
+from lmdistill.distributed import process_state
+from lmdistill.evaluation.runner import evaluate_tasks, task_specs
+from lmdistill.losses.objective import DistillationObjective
+from lmdistill.methods.runfolder import check_run_folder, record_recipe
+from lmdistill.models import build_model, count_parameters, load_model, load_model_tokenizer
+from lmdistill.teachers.cache import model_fingerprint
+from lmdistill.training import evaluate_dev_loss, train
+
+__all__ = [
+    "CORPUS_NOTE",
+    "CorpusData",
+    "check_same_tokenizer",
+    "default_cache_dir",
+    "evaluate_model",
+    "prepare_corpus",
+    "prepare_run",
+    "pretrained_model_stage",
+    "train_model_stage",
+]
+
+log = logging.getLogger(__name__)
+D = TypeVar("D")
+
+CORPUS_NOTE = (
+    "The training text is a BabyLM-style mixture of public English sources (child-directed speech, fiction, news, "
+    "dialogue, reviews), not the BabyLM corpus itself, which could not be obtained offline; numbers are not "
+    "directly comparable with BabyLM leaderboards."
+)
+DEV_RULE = "dev_max_blocks blocks evenly spaced over the dev split (each source in proportion to its dev tokens)"
+
+
+def default_cache_dir() -> Path:
+    """Token cache folder: ``LMDISTILL_CACHE``, else ``~/.cache/lmdistill``."""
+    return Path(os.environ.get("LMDISTILL_CACHE", Path.home() / ".cache" / "lmdistill"))
+
+
+def prepare_run(
+    recipe: Any,
+    run_dir: Path,
+    data_root: str | Path | None,
+    resume: bool,
+    prepare_data: Callable[[Path], D],
+) -> tuple[Path, D]:
+    """Check the run folder, prepare the data (rank 0 first, the others then read its caches), record the recipe.
+
+    Args:
+        recipe: the method's validated recipe.
+        run_dir (Path): the run folder.
+        data_root (str | Path | None): the data root (``resolve_data_root``).
+        resume (bool): continue the run in ``run_dir``.
+        prepare_data (Callable[[Path], D]): the data root -> the method's data.
+
+    Returns:
+        tuple: the data root and ``prepare_data``'s result.
+
+    Raises:
+        RunFolderError: the folder holds another run (without ``resume``) or another recipe.
+    """
+    state = process_state()
+    root = resolve_data_root(data_root)
+    check_run_folder(recipe, run_dir, resume)
+    state.wait_for_everyone()  # before rank 0 writes recipe.yaml, which the check above reads
+    with state.main_process_first():  # the other ranks then load rank 0's tokenizer and token cache
+        data = prepare_data(root)
+        if state.is_main_process:  # only now: a run that fails on bad data can simply be re-run
+            record_recipe(recipe, run_dir)
+    return root, data
+
+
+@dataclass
+class CorpusData:
+    """A corpus recipe's data: the run's tokenizer, training blocks, fixed dev blocks and their provenance."""
+
+    tokenizer: PreTrainedTokenizerBase
+    train: BlockDataset
+    dev: torch.Tensor
+    info: dict[str, Any]
+
+
+def prepare_corpus(
+    data_cfg: DataConfig,
+    tokenizer_cfg: TokenizerConfig,
+    seed: int,
+    run_dir: Path,
+    data_root: Path,
+    cache_dir: str | Path | None,
+) -> CorpusData:
+    """Read the corpus, train (or reuse) the run's BPE tokenizer, tokenize, cut training and dev blocks.
+
+    Every document is ``<s> ... </s>`` in the token stream. The dev subset takes ``dev_max_blocks`` blocks evenly
+    spaced over the dev split (``DEV_RULE``); how many come from each source is recorded.
+
+    Raises:
+        FileNotFoundError, ValueError: a missing or empty corpus file, a dev split shorter than one block.
+    """
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    sources = data_cfg.sources
+    train_docs = load_corpus(data_root, sources, "train")
+    tok_dir = run_dir / "tokenizer"
+    # reuse only a tokenizer of this recipe: a failed first attempt may have left one for other settings
+    if (run_dir / "recipe.yaml").exists() and (tok_dir / "tokenizer.json").exists():
+        tokenizer = load_tokenizer(tok_dir)
+    else:
+        log.info("training a %d-token BPE tokenizer on %d train documents", tokenizer_cfg.vocab_size, len(train_docs))
+        tokenizer = train_tokenizer(train_docs, tokenizer_cfg.vocab_size, tokenizer_cfg.min_frequency)
+        save_tokenizer(tokenizer, tok_dir)
+        tokenizer = load_tokenizer(tok_dir)
+    tokenizer.model_max_length = data_cfg.block_size
+    train_tokens = tokenize_documents(train_docs, tokenizer, cache / "tokens", "train")
+    dev_parts = [
+        tokenize_documents(load_corpus(data_root, [s], "dev"), tokenizer, cache / "tokens", f"dev-{s.name}")
+        for s in sources
+    ]
+    dev_tokens = np.concatenate([np.asarray(p) for p in dev_parts])
+    blocks = BlockDataset(train_tokens, data_cfg.block_size, seed=seed, random_offset=data_cfg.random_offset)
+    dev = dev_blocks(dev_tokens, data_cfg.block_size, data_cfg.dev_max_blocks)
+    files = {str(p.relative_to(data_root)): file_sha256(p) for p in source_files(data_root, sources)}
+    info = {
+        "root": str(data_root),
+        "files": files,
+        "train_tokens": int(len(train_tokens)),
+        "dev_tokens": int(len(dev_tokens)),
+        "num_train_blocks": len(blocks),
+        "num_dev_blocks": int(len(dev)),
+        "dev_rule": DEV_RULE if data_cfg.dev_max_blocks else "every dev block",
+        "dev_blocks_per_source": _blocks_per_source(dev_parts, sources, data_cfg),
+        "document_format": "<s> text </s>",
+        "vocab_size": len(tokenizer),
+        "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
+        "corpus_note": CORPUS_NOTE,
+    }
+    log.info("data: %d train tokens (%d blocks), %d dev blocks", len(train_tokens), len(blocks), len(dev))
+    return CorpusData(tokenizer, blocks, dev, info)
+
+
+def _blocks_per_source(dev_parts: list[np.ndarray], sources: list, data_cfg: DataConfig) -> dict[str, int]:
+    """How many of the chosen dev blocks start in each source's part of the dev split."""
+    size = data_cfg.block_size
+    num = sum(len(p) for p in dev_parts) // size
+    chosen = np.arange(num)
+    if data_cfg.dev_max_blocks is not None and data_cfg.dev_max_blocks < num:
+        chosen = dev_block_indices(num, data_cfg.dev_max_blocks)
+    bounds = np.cumsum([len(p) for p in dev_parts])
+    owner = np.searchsorted(bounds, chosen * size, side="right")
+    return {s.name: int((owner == i).sum()) for i, s in enumerate(sources)}
+
+
+def train_model_stage(
+    name: str,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    data: CorpusData,
+    seed: int,
+    run_dir: Path,
+    objective: DistillationObjective,
+    teacher: Any,
+    resume: bool,
+) -> dict[str, Any]:
+    """Train a model as the stage ``RUN/models/<name>/`` (or load it when ``final/`` is there already).
+
+    Returns:
+        dict: ``model`` (the trained model, loaded from ``final/``) and ``entry`` (results.json's record: family,
+        architecture, parameters, dev losses, training time over every invocation, metrics file).
+    """
+    stage = run_dir / "models" / name
+    final = stage / "final"
+    tok = data.tokenizer
+    if (final / "config.json").exists():
+        log.info("%s: already trained (%s)", name, final)
+        model = load_model(final)
+        record = _read_training_json(final)
+        dev_losses, train_time = record.get("dev_losses", []), record.get("train_time_s")
+    else:
+        torch.manual_seed(seed)
+        model = build_model(
+            model_cfg,
+            vocab_size=len(tok),
+            block_size=data.train.block_size,
+            bos_id=tok.bos_token_id,
+            eos_id=tok.eos_token_id,
+            pad_id=tok.pad_token_id,
+        )
+        log.info("%s: %s, %s parameters", name, model_cfg.arch, f"{count_parameters(model):,}")
+        result = train(
+            model,
+            data.train,
+            data.dev,
+            train_cfg,
+            stage,
+            objective=objective,
+            teacher=teacher,
+            tokenizer=tok,
+            resume=resume,
+            desc=name,
+        )
+        model = load_model(result.final_dir)
+        dev_losses, train_time = result.dev_losses, result.train_time_s
+    return {
+        "model": model,
+        "entry": {
+            "family": objective.family.name,
+            "arch": model.config.model_type,
+            "num_parameters": count_parameters(model),
+            "dev_loss": dev_losses[-1] if dev_losses else None,
+            "dev_losses": dev_losses,
+            "train_time_s": train_time,
+            "metrics_file": f"models/{name}/metrics.jsonl",
+        },
+    }
+
+
+def _read_training_json(final: Path) -> dict[str, Any]:
+    path = final / "training.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def pretrained_model_stage(name: str, model_cfg: ModelConfig, data: CorpusData, device: torch.device) -> dict:
+    """Load a model given by ``model.path`` (no training), check its tokenizer against the run's, dev loss.
+
+    Raises:
+        ValueError: its tokenizer differs from the run's (``check_same_tokenizer``).
+        FileNotFoundError: the path is not a checkpoint (or the GGUF file is missing).
+    """
+    path = model_cfg.path
+    _check_saved_tokenizer(name, model_cfg, data)
+    model = load_model(path, family=model_cfg.family, gguf_file=model_cfg.gguf_file).to(device).eval()
+    check_vocab_size(name, model, data)
+    dev_loss = evaluate_dev_loss(lambda b: model(input_ids=b.input_ids.to(device)).logits, data.dev)
+    entry = {
+        "family": "causal_lm",
+        "arch": model.config.model_type,
+        "num_parameters": count_parameters(model),
+        "dev_loss": dev_loss,
+        "dev_losses": [],
+        "train_time_s": None,
+        "metrics_file": None,
+        "path": str(path),
+    }
+    return {"model": model, "entry": entry}
+
+
+def _check_saved_tokenizer(name: str, model_cfg: ModelConfig, data: CorpusData) -> None:
+    """A model loaded by path must carry the run's tokenizer; one saved without tokenizer files is refused."""
+    try:
+        saved = load_model_tokenizer(model_cfg.path, gguf_file=model_cfg.gguf_file)
+    except (FileNotFoundError, OSError, ValueError) as err:
+        raise ValueError(
+            f"{name}: {model_cfg.path} has no tokenizer to compare with this run's ({err}); a checkpoint folder "
+            "such as checkpoints/step-N/ holds none: point model.path at a final/ folder, or copy the run's "
+            "tokenizer/ files beside the weights"
+        ) from None
+    check_same_tokenizer(f"{name} ({model_cfg.path})", saved, "this run", data.tokenizer)
+
+
+def check_same_tokenizer(name_a: str, tok_a: Any, name_b: str, tok_b: Any) -> None:
+    """The one check that two models share a tokenizer: same vocabulary, specials and merges (fingerprint).
+
+    Raises:
+        ValueError: naming both and what differs (vocabulary size, special tokens, or the vocabulary itself).
+    """
+    if tokenizer_fingerprint(tok_a) == tokenizer_fingerprint(tok_b):
+        return
+    diffs = []
+    if len(tok_a) != len(tok_b):
+        diffs.append(f"vocabulary size {len(tok_a)} vs {len(tok_b)}")
+    for special in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        a, b = getattr(tok_a, special, None), getattr(tok_b, special, None)
+        if a != b:
+            diffs.append(f"{special} {a!r} vs {b!r}")
+    if not diffs:
+        vocab_a, vocab_b = tok_a.get_vocab(), tok_b.get_vocab()
+        moved = sorted(t for t in vocab_a.keys() & vocab_b.keys() if vocab_a[t] != vocab_b[t])
+        only = sorted(vocab_a.keys() ^ vocab_b.keys())
+        diffs.append(
+            f"{len(only)} tokens in one vocabulary only, {len(moved)} with other ids"
+            + (f" (e.g. {(only or moved)[:3]})" if only or moved else " (merges or normalisation differ)")
+        )
+    raise ValueError(
+        f"{name_a} and {name_b} must share one tokenizer, but they differ: {'; '.join(diffs)} (train the model in a "
+        "run with the same data and tokenizer settings, or adapt it to this vocabulary)"
+    )
+
+
+def check_vocab_size(name: str, model: Any, data: CorpusData) -> None:
+    """A model's output vocabulary must be the run tokenizer's.
+
+    Raises:
+        ValueError: naming the model, both sizes and the tokenizer.
+    """
+    if model.config.vocab_size != len(data.tokenizer):
+        raise ValueError(
+            f"{name} has vocab_size={model.config.vocab_size} but this run's tokenizer has {len(data.tokenizer)}: "
+            "the models of a run must share one tokenizer"
+        )
+
+
+def evaluate_model(
+    name: str,
+    model: Any,
+    fingerprint: str,
+    tokenizer: Any,
+    evaluation: EvaluationConfig,
+    data_root: Path,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """Every task of the recipe on one model, through the same code as ``lmdistill eval``; cached per model.
+
+    ``RUN/models/<name>/eval.json`` keeps the results with the fingerprint of the weights they were computed from
+    (``model_fingerprint``) and the scoring settings; a retrained model or other settings are evaluated again.
+    """
+    cached = run_dir / "models" / name / "eval.json"
+    key = {
+        "weights_sha256": fingerprint,
+        "limit": evaluation.limit,
+        "empty_context_prefix": evaluation.empty_context_prefix,
+        "blimp_target_delimiter": evaluation.blimp_target_delimiter,
+        "blimp_paradigms": evaluation.blimp_paradigms,
+    }
+    stored = json.loads(cached.read_text()) if cached.exists() else {}
+    done = stored.get("tasks", {}) if stored.get("key") == key else {}
+    if stored and not done:
+        log.info("%s: eval.json was computed for other weights or settings; evaluating again", name)
+    specs = task_specs(evaluation)
+    missing = [s for s in specs if s.name not in done]
+    if missing:
+        done.update(
+            evaluate_tasks(
+                model,
+                tokenizer,
+                missing,
+                data_root=data_root,
+                limit=evaluation.limit,
+                batch_size=evaluation.batch_size,
+                progress=f"eval {name}",
+                empty_context_prefix=evaluation.empty_context_prefix,
+            )
+        )
+        write_json(cached, {"key": key, "tasks": done})
+    return {s.name: done[s.name] for s in specs}
+
+
+def weights_fingerprint(model: Any) -> str:
+    """SHA-256 of a model's weights (``model_fingerprint``), the key of its cached evaluation."""
+    return model_fingerprint(model)
