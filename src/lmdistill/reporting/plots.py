@@ -1,4 +1,4 @@
-"""Report figures: training/dev loss curves and BLiMP accuracy per field, drawn with matplotlib's Agg canvas.
+"""Report figures: training/dev loss curves and BLiMP accuracy per field (95% error bars), on matplotlib's Agg canvas.
 
 Figures are built with the object-oriented API (``Figure`` + ``FigureCanvasAgg``), never pyplot, so that
 making plots touches no global backend state and leaks no figures. Files are written atomically.
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lmdistill.atomic import atomic_path
+from lmdistill.reporting.accuracy import blimp_accuracy
 
 __all__ = ["BLIMP_PLOT", "CURVES_PLOT", "make_plots", "read_metrics"]
 
@@ -113,24 +114,29 @@ def _curves(results: dict[str, Any], run_dir: Path, path: Path, colors: dict[str
 def _blimp_bars(results: dict[str, Any], path: Path, colors: dict[str, Any]) -> Path:
     from matplotlib.figure import Figure
 
-    evaluated = {name: m["blimp"] for name, m in results.get("models", {}).items() if m.get("blimp")}
-    fields = sorted({f for blimp in evaluated.values() for f in blimp.get("per_field", {})})
+    evaluated = {name: m for name, m in results.get("models", {}).items() if m.get("blimp")}
+    fields = sorted({f for m in evaluated.values() for f in m["blimp"].get("per_field", {})})
     groups = ["overall", *fields]
     width_in = min(14.0, max(6.0, 2.5 + len(groups) * (0.35 * len(evaluated) + 0.4)))
     fig = Figure(figsize=(width_in, 4), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / max(1, len(evaluated))
-    for k, (name, blimp) in enumerate(evaluated.items()):
-        values = [blimp.get("overall")] + [blimp.get("per_field", {}).get(f) for f in fields]
+    for k, (name, model) in enumerate(evaluated.items()):
+        accuracies = [blimp_accuracy(model)] + [blimp_accuracy(model, "field", f) for f in fields]
         xs = [g + (k - (len(evaluated) - 1) / 2) * width for g in range(len(groups))]
-        heights = [100 * v if _number(v) else 0.0 for v in values]
+        heights = [100 * a.value if a is not None else 0.0 for a in accuracies]
+        intervals = [a.interval() if a is not None else None for a in accuracies]
+        # 95% Wilson intervals as asymmetric error bars; none where the item count is not recorded.
+        low = [h - 100 * iv[0] if iv else 0.0 for h, iv in zip(heights, intervals, strict=True)]
+        high = [100 * iv[1] - h if iv else 0.0 for h, iv in zip(heights, intervals, strict=True)]
         bars = ax.bar(xs, heights, width, color=colors[name], label=name)
-        ax.bar_label(
-            bars, labels=[f"{h:.0f}" if _number(v) else "" for h, v in zip(heights, values, strict=True)], fontsize=6
-        )
+        if any(intervals):
+            ax.errorbar(xs, heights, yerr=[low, high], fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+        labels = [f"{h:.0f}" if a else "" for h, a in zip(heights, accuracies, strict=True)]
+        ax.bar_label(bars, labels=labels, label_type="center", fontsize=6)  # inside: the error bars sit on top
     ax.axhline(50, color="grey", ls="--", lw=1, label="chance (50%)")
     ax.set_xticks(range(len(groups)), [g.replace("_", "-") for g in groups])
-    ax.set(ylim=(0, 105), ylabel="accuracy (%)", title="BLiMP accuracy by field")
+    ax.set(ylim=(0, 105), ylabel="accuracy (%)", title="BLiMP accuracy by field (error bars: 95% Wilson interval)")
     if not evaluated:
         ax.text(0.5, 0.6, "no BLiMP results", ha="center", va="center", transform=ax.transAxes)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -144,8 +150,9 @@ def make_plots(results: dict[str, Any], run_dir: str | os.PathLike[str]) -> list
     ``training_curves.png``: left, the training loss per optimizer step of each model with a metrics log
     (dashed: its hard-label CE when that differs from the loss, as in distillation); right, dev loss per epoch
     (from the log's dev events, else ``dev_losses``; a dotted level for a model with only ``dev_loss``).
-    ``blimp_fields.png``: grouped bars of BLiMP accuracy overall and per field for each model, with a dashed
-    50% chance line (after the per-field figure of Timiryasov & Tastet, arXiv:2308.02019).
+    ``blimp_fields.png``: grouped bars of BLiMP accuracy overall and per field for each model, each with its 95%
+    Wilson interval as an error bar where results.json records the item count, and a dashed 50% chance line
+    (after the per-field figure of Timiryasov & Tastet, arXiv:2308.02019).
 
     Args:
         results (dict): the parsed ``results.json``; metrics files are resolved against ``run_dir``.
