@@ -40,7 +40,13 @@ def score_item(doc: Doc, lls: Sequence[float], metrics: Sequence[str]) -> dict[s
 
 
 def _means(rows: list[dict[str, float]], metrics: Sequence[str]) -> dict[str, Any]:
-    return {**{m: sum(r[m] for r in rows) / len(rows) for m in metrics}, "num_items": len(rows)}
+    # "correct": each item's 0/1 outcome in item order, so two models scored on the same items can be compared
+    # with a paired test (McNemar) rather than as independent samples
+    return {
+        **{m: sum(r[m] for r in rows) / len(rows) for m in metrics},
+        "num_items": len(rows),
+        "correct": {m: "".join("1" if r[m] else "0" for r in rows) for m in metrics},
+    }
 
 
 def aggregate(spec: TaskSpec, docs: Sequence[Doc], item_metrics: Sequence[dict[str, float]]) -> dict[str, Any]:
@@ -52,9 +58,10 @@ def aggregate(spec: TaskSpec, docs: Sequence[Doc], item_metrics: Sequence[dict[s
         item_metrics (Sequence[dict]): N dicts from :func:`score_item`.
 
     Returns:
-        dict: ``task``, ``num_items``, each metric (mean over items, in [0, 1]), ``chance`` (expected accuracy of
+        dict: ``task``, ``num_items``, each metric (mean over items, in [0, 1]), ``correct`` ({metric: a string of
+        "0"/"1", one per item in item order}), ``chance`` (expected accuracy of
         a uniform guess); with sub-groups also
-        ``groups`` ({key: {name: {metric: mean, "num_items": n}}}, names sorted) and ``macro`` ({metric: mean over
+        ``groups`` ({key: {name: {metric: mean, "num_items": n, "correct": ...}}}, names sorted) and ``macro`` ({metric: mean over
         the finest sub-groups}).
 
     Raises:
