@@ -1,9 +1,11 @@
 """Parity with lm-evaluation-harness 0.4.13: per-item log-likelihoods to 1e-4 and identical accuracies.
 
 lm-eval's own HF backend loads a tiny LLaMA from a local folder, and its own task YAMLs (included from its
-package, pointed at the local data files) build the requests; our scorer runs the same items.
+package, pointed at the local data files) build the requests; our scorer runs the same items. The packaged task
+files, translated for lm-eval as a user's task file is, must score as lm-eval's own task YAMLs do.
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -31,6 +33,12 @@ def model_dir(tmp_path_factory, tiny_tokenizer):
     LlamaForCausalLM(config).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
     return folder
+
+
+def _as_users(spec):
+    """A packaged task as if it were a user's task file: the harness backend translates it instead of using
+    lm-eval's own task YAML."""
+    return spec.replace(definition=dataclasses.replace(spec.definition, packaged=False))
 
 
 def _compare(ours, theirs, spec):
@@ -92,3 +100,24 @@ def test_hellaswag_loader_equals_lm_evals_preprocessing(model_dir, tmp_path):
     model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
     ours = evaluate_tasks(model, tokenizer, [spec], data_root=tmp_path, samples=True)
     _compare(ours["hellaswag"], theirs["hellaswag"], spec)
+    # the task file's Jinja2 cleaning, rendered by lm-eval, equals lm-eval's Python preprocessing
+    translated = evaluate_with_harness(model_dir, [_as_users(spec)], data_root=tmp_path, batch_size=8, samples=True)
+    _compare(translated["hellaswag"], theirs["hellaswag"], spec)
+
+
+def test_packaged_task_files_translated_for_lm_eval_score_as_its_own_tasks(model_dir, data_root):
+    """Each packaged task file, handed to lm-eval as a user's task file is (its templates rendered by lm-eval),
+    scores item for item as lm-eval's own task YAML does (HellaSwag: in the test above)."""
+    specs = [
+        get_task("blimp").replace(subsets=("adjunct_island", "principle_A_case_2")),
+        get_task("arc_easy"),
+        get_task("arc_easy_validation"),
+        get_task("winogrande"),
+        get_task("mmlu").replace(subsets=("anatomy", "formal_logic")),
+    ]
+    own = evaluate_with_harness(model_dir, specs, data_root=data_root, limit=6, batch_size=16, samples=True)
+    translated = evaluate_with_harness(
+        model_dir, [_as_users(s) for s in specs], data_root=data_root, limit=6, batch_size=16, samples=True
+    )
+    for spec in specs:
+        _compare(translated[spec.name], own[spec.name], spec)

@@ -125,13 +125,25 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_EVAL_TASKS = "blimp,arc_easy,winogrande,mmlu"
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from lmdistill.evaluation.taskfile import register_task_files
     from lmdistill.evaluation.tasks import TASKS
 
+    try:
+        file_specs = register_task_files(args.task_file)
+    except NotImplementedError as err:  # a valid task file that uses a reserved section
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.list_tasks:
         for name in TASKS:
             spec = TASKS.get(name)
-            print(f"{name:20s} {', '.join(spec.metrics):14s} {spec.description}")
+            line = f"{name:20s} {', '.join(spec.metrics):14s} {spec.description}"
+            if spec.definition is not None and not spec.definition.packaged:
+                line += f" [{spec.origin}]"
+            print(line)
         return 0
     if not args.model_dirs:
         print("error: eval needs at least one MODEL_DIR (or --list-tasks)", file=sys.stderr)
@@ -139,9 +151,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from lmdistill.evaluation.checkpoints import evaluate_checkpoints
     from lmdistill.reporting.tasks import task_table
 
+    tasks = args.tasks or (",".join(s.name for s in file_specs) if file_specs else DEFAULT_EVAL_TASKS)
     evals = evaluate_checkpoints(
         args.model_dirs,
-        args.tasks,
+        tasks,
         output_dir=args.output_dir,
         data_root=args.data_root,
         limit=args.limit,
@@ -225,9 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score Hugging Face checkpoint folders on zero-shot tasks from the data root, as "
         "lm-evaluation-harness 0.4.13 scores them (acc, acc_norm). Writes OUT/<model>/results.json, "
         "OUT/comparison.md and OUT/tasks.png.",
+        epilog="A task of your own is a small YAML file (data file, prompt template, choices, gold, metrics; the "
+        "packaged tasks are written the same way, see the README, 'Adding an evaluation task'): "
+        "lmdistill eval MODEL --task-file my_task.yaml --tasks my_task",
     )
     ev.add_argument("model_dirs", nargs="*", metavar="MODEL_DIR", help="checkpoint folders (with their tokenizer)")
-    ev.add_argument("--tasks", default="blimp,arc_easy,winogrande,mmlu", help="comma-separated task names")
+    ev.add_argument("--tasks", help=f"comma-separated task names (default: the --task-file tasks if any, "
+                    f"else {DEFAULT_EVAL_TASKS})")  # fmt: skip
+    ev.add_argument("--task-file", action="append", default=[], metavar="PATH",
+                    help="a task file (YAML), or a folder of them, for --tasks to name; repeatable")  # fmt: skip
     ev.add_argument("--limit", type=int, help="first N items per task / BLiMP paradigm / MMLU subject")
     ev.add_argument("--output-dir", default="runs/eval", help="results folder (default: runs/eval)")
     ev.add_argument("--backend", choices=["lmdistill", "harness"], default="lmdistill",
@@ -235,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
     ev.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     ev.add_argument("--data-root", help="data folder (default: $LMDISTILL_DATA, else ../shared/data)")
-    ev.add_argument("--list-tasks", action="store_true", help="list the tasks and exit")
+    ev.add_argument("--list-tasks", action="store_true", help="list the tasks (with the --task-file ones) and exit")
     ev.set_defaults(handler=_cmd_eval)
 
     report = sub.add_parser("report", help="rebuild report.md and plots of run folders; compare several runs")

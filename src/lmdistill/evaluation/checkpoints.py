@@ -2,7 +2,8 @@
 
 Output folder::
 
-    OUT/<model>/results.json   what ran (model path, backend, tasks, limit, versions) and each task's result
+    OUT/<model>/results.json   what ran (model path, backend, tasks and task files, limit, versions) and each
+                               task's result
     OUT/comparison.md          models x tasks, accuracy in %
     OUT/tasks.png              the same as a parallel-coordinates figure
 """
@@ -90,6 +91,8 @@ def evaluate_checkpoints(
         if not (Path(model_dir) / "config.json").is_file():
             raise FileNotFoundError(f"not a Hugging Face checkpoint folder (no config.json): {model_dir}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # the user's task files (not the packaged ones) are recorded with each result: which file defined the task
+    task_files = {s.name: s.origin for s in specs if s.definition is not None and not s.definition.packaged}
     out = Path(output_dir)
     evals: dict[str, dict[str, Any]] = {}
     for name, model_dir in zip(model_names(model_dirs), [Path(p) for p in model_dirs], strict=True):
@@ -116,6 +119,7 @@ def evaluate_checkpoints(
             "model": str(model_dir),
             "backend": backend,
             "tasks": [s.name for s in specs],
+            **({"task_files": task_files} if task_files else {}),
             "limit": limit,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "wall_time_s": round(time.time() - start, 1),
