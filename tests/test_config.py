@@ -200,3 +200,29 @@ def test_feature_layers_accept_a_name_or_a_list_and_check_the_teacher_index():
         load_recipe("babyllama-smoke", ["distillation.features=[{kind: hint, teacher: 7}]"])
     with pytest.raises(ConfigError, match="attention loss must be one of"):
         load_recipe("babyllama-smoke", ["distillation.features=[{kind: attention, loss: cosine}]"])
+
+
+def test_a_recipe_names_task_files_relative_to_itself(tmp_path, monkeypatch):
+    import yaml
+
+    from lmdistill.config import recipe_path
+    from lmdistill.evaluation.tasks import TASKS
+
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "cqa_tiny.yaml").write_text(
+        "name: cqa_tiny\n"
+        "data: {path: rationale/cqa/cqa_test.json, format: jsonl}\n"
+        "context: 'Question: {{ question }}\\nAnswer:'\n"
+        "choices: {field: choices, template: '{{ choice }}'}\n"
+        "gold: {field: answer, labels: choices}\n"
+        "metrics: [acc]\n"
+    )
+    data = yaml.safe_load(recipe_path("babyllama-smoke").read_text())
+    data["evaluation"] = {"tasks": ["cqa_tiny", "blimp"], "task_files": ["tasks/cqa_tiny.yaml"]}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.chdir("/")  # the path is the recipe file's, not the working folder's
+    recipe = load_recipe(str(tmp_path / "r.yaml"))
+    assert recipe.evaluation.task_files == [str(tmp_path / "tasks" / "cqa_tiny.yaml")]
+    assert "cqa_tiny" in TASKS
+    with pytest.raises(ConfigError, match=r"evaluation\.task_files\.0: .*no_such\.yaml"):
+        load_recipe(str(tmp_path / "r.yaml"), [f"evaluation.task_files=[{tmp_path}/no_such.yaml]"])

@@ -94,13 +94,26 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Any:
 
     path = recipe_path(name_or_path)
     data = read_recipe_data(path)
+    _absolute_task_files(data, path.parent)  # the file's own entries: relative to the file
     try:
         data = apply_overrides(data, overrides or [])
     except ConfigError as err:
         raise ConfigError(f"command line: {err}") from None
+    _absolute_task_files(data, Path.cwd())  # entries from the command line: relative to the working folder
     try:
         method = get_method(str(data.get("method", DEFAULT_METHOD)))
         data = method.normalize_recipe(data)
         return from_dict(method.Recipe, data)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+
+
+def _absolute_task_files(data: dict[str, Any], base: Path) -> None:
+    """Make ``evaluation.task_files`` absolute (the run folder's recipe.yaml then works from anywhere)."""
+    evaluation = data.get("evaluation")
+    files = evaluation.get("task_files") if isinstance(evaluation, dict) else None
+    if isinstance(files, list):
+        evaluation["task_files"] = [
+            str((base / f).resolve()) if isinstance(f, str) and not Path(f).expanduser().is_absolute() else f
+            for f in files
+        ]

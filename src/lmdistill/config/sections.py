@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lmdistill.config.schema import ConfigError, check_finite
 from lmdistill.config.schema import check as _check
-from lmdistill.config.schema import check_finite
 from lmdistill.registry import did_you_mean
 
 __all__ = [
@@ -370,9 +370,19 @@ class EvaluationConfig:
     ``blimp_target_delimiter: ""``)."""
     batch_size: int = 64
     """Rows (distinct inputs) per forward pass."""
+    task_files: list[str] = field(default_factory=list)
+    """Task spec files (or folders of them) whose tasks ``tasks`` may name, as ``lmdistill eval --task-file``;
+    a relative path in a recipe file is relative to that file, one from the command line to the working folder."""
 
     def __post_init__(self) -> None:
+        from lmdistill.evaluation.taskfile import register_task_files
         from lmdistill.evaluation.tasks import TASKS
+
+        for i, path in enumerate(self.task_files):
+            try:
+                register_task_files([path])
+            except (OSError, ValueError, NotImplementedError) as err:
+                raise ConfigError(f"task_files.{i}: {err}") from None
 
         for i, name in enumerate(self.tasks):
             _check(
