@@ -61,8 +61,8 @@ def aggregate(spec: TaskSpec, docs: Sequence[Doc], item_metrics: Sequence[dict[s
         dict: ``task``, ``num_items``, each metric (mean over items, in [0, 1]), ``correct`` ({metric: a string of
         "0"/"1", one per item in item order}), ``chance`` (expected accuracy of
         a uniform guess); with sub-groups also
-        ``groups`` ({key: {name: {metric: mean, "num_items": n, "correct": ...}}}, names sorted) and ``macro`` ({metric: mean over
-        the finest sub-groups}).
+        ``groups`` ({key: {name: {metric: mean, "num_items": n, "correct": ...}}}, names sorted) and ``macro``
+        ({metric: mean over the finest sub-groups}).
 
     Raises:
         ValueError: no items.
