@@ -323,3 +323,59 @@ def test_gguf_teacher_loads_with_its_own_tokenizer():
     with torch.no_grad():
         ce = F.cross_entropy(model(input_ids=ids).logits[0, :-1], ids[0, 1:]).item()
     assert ce < 4.0, f"a pretrained model should be far from uniform (ln 49152 = 10.8 nats), got {ce:.2f}"
+
+
+# ------------------------------------------------------------------- run folder, evaluation cache
+
+
+def test_wall_time_and_creation_add_up_over_invocations(tmp_path):
+    from lmdistill.methods.runfolder import Invocation
+
+    first = Invocation(tmp_path, started=1_000.0)
+    first.end("interrupted")  # a long first part, then a resume
+    record = json.loads((tmp_path / "invocations.jsonl").read_text())
+    assert record["outcome"] == "interrupted" and record["seconds"] > 1_000
+    second = Invocation(tmp_path)
+    assert second.created() == record["start"]  # the run began with the first invocation
+    assert second.total_seconds() >= record["seconds"]
+    (tmp_path / "invocations.jsonl").open("a").write('{"start": "torn')  # a killed process's last line
+    assert Invocation(tmp_path).total_seconds() >= record["seconds"]
+
+
+def test_a_cached_evaluation_is_redone_for_other_weights(tmp_path, monkeypatch):
+    from lmdistill.config import EvaluationConfig
+    from lmdistill.methods import stages
+
+    calls = []
+
+    def fake_evaluate(model, tokenizer, specs, **kwargs):
+        calls.append([s.name for s in specs])
+        return {s.name: {"acc": 0.5, "num_items": 2} for s in specs}
+
+    monkeypatch.setattr(stages, "evaluate_tasks", fake_evaluate)
+    cfg = EvaluationConfig(tasks=["arc_easy"], limit=2)
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    stages.evaluate_model("m", None, "sha-a", None, cfg, tmp_path, tmp_path)
+    stages.evaluate_model("m", None, "sha-a", None, cfg, tmp_path, tmp_path)  # cached
+    assert calls == [["arc_easy"]]
+    stages.evaluate_model("m", None, "sha-b", None, cfg, tmp_path, tmp_path)  # retrained: evaluated again
+    other = EvaluationConfig(tasks=["arc_easy"], limit=2, empty_context_prefix="eos")
+    stages.evaluate_model("m", None, "sha-b", None, other, tmp_path, tmp_path)  # other scoring: again
+    assert calls == [["arc_easy"]] * 3
+    assert json.loads((tmp_path / "models" / "m" / "eval.json").read_text())["key"]["weights_sha256"] == "sha-b"
+
+
+def test_dev_blocks_cover_every_source(tmp_path, data_root):
+    """The dev subset is spread over the split: every source of the CPU recipe reaches the dev loss."""
+    from lmdistill.methods.stages import prepare_corpus
+
+    recipe = load_recipe("babyllama-cpu", ["data.dev_max_blocks=64", "tokenizer.vocab_size=512"])
+    for s in recipe.data.sources:
+        s.max_words, s.dev_max_words = 400, 1500
+    data = prepare_corpus(recipe.data, recipe.tokenizer, 0, tmp_path / "run", data_root, tmp_path / "cache")
+    per_source = data.info["dev_blocks_per_source"]
+    assert set(per_source) == {s.name for s in recipe.data.sources}
+    assert all(n >= 1 for n in per_source.values()), per_source
+    assert sum(per_source.values()) == len(data.dev) == 64
+    assert data.info["dev_rule"].startswith("dev_max_blocks blocks evenly spaced")
+    assert (data.train.tokens[0], data.dev[0, 0].item()) == (1, 1)  # <s> starts the first document of each split

@@ -104,3 +104,17 @@ def test_hf_logits_fn_reads_window_and_bad_arguments_fail(tiny_llama, tiny_token
         score_texts(fn, tiny_tokenizer, ["a"], batch_size=0)
     with pytest.raises(ValueError, match="shape"):
         score_texts(lambda ids, mask: torch.zeros(ids.shape[0], 3), tiny_tokenizer, ["a b"])
+
+
+def test_the_empty_context_prefix_is_a_setting(tiny_tokenizer):
+    """BLiMP's empty context: after <s> as lm-eval 0.4.13 (and as every training document starts), or after </s>
+    as lm-eval 0.3 / the BabyLM 2023 pipeline."""
+    from lmdistill.evaluation.scoring import Request, encode_requests, prefix_token_id
+
+    bos, eos = tiny_tokenizer.bos_token_id, tiny_tokenizer.eos_token_id
+    assert prefix_token_id(tiny_tokenizer) == bos and prefix_token_id(tiny_tokenizer, "eos") == eos
+    ((ctx, cont),) = encode_requests(tiny_tokenizer, [Request("", " The cat sat.")])
+    ((ctx_eos, cont_eos),) = encode_requests(tiny_tokenizer, [Request("", " The cat sat.")], prefix="eos")
+    assert ctx == [bos] and ctx_eos == [eos] and cont == cont_eos
+    with pytest.raises(ValueError, match="'bos' or 'eos'"):
+        prefix_token_id(tiny_tokenizer, "pad")
