@@ -20,23 +20,17 @@ folder.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import re
-import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
@@ -51,6 +45,14 @@ from lmdistill.losses.objective import DistillationObjective
 from lmdistill.models.families import FAMILIES, ModelFamily
 from lmdistill.teachers.cache import TeacherCache
 from lmdistill.teachers.ensemble import TeacherEnsemble
+from lmdistill.training_state import (
+    MetricsLog,
+    latest_checkpoint,
+    load_checkpoint,
+    read_records,
+    save_checkpoint,
+    save_objective,
+)
 
 __all__ = [
     "NonFiniteLossError",
@@ -63,9 +65,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-_CKPT = re.compile(r"^step-(\d+)$")
-KEEP_CHECKPOINTS = 2
-OBJECTIVE_FILE = "objective.safetensors"  # the feature terms' learned projections, beside the weights
 Source = BlockSource | ExampleSource
 
 
@@ -140,112 +139,6 @@ def evaluate_dev_loss(
     """
     total, count = dev_loss_sums(logits_fn, dev_batches(dev, batch_size), family)
     return total / max(count, 1)
-
-
-def _latest_checkpoint(out_dir: Path) -> Path | None:
-    folder = out_dir / "checkpoints"
-    found = sorted((int(m.group(1)), p) for p in folder.glob("step-*") if (m := _CKPT.match(p.name)))
-    return found[-1][1] if found else None
-
-
-def _save_objective(objective: DistillationObjective, folder: Path) -> None:
-    """The objective's trained modules (feature projections), if it has any, as ``objective.safetensors``."""
-    state = {k: v.detach().contiguous().cpu() for k, v in objective.state_dict().items()}
-    if state:
-        save_file(state, folder / OBJECTIVE_FILE)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save_checkpoint(out_dir, step, model, optimizer, scheduler, accelerator, objective, train_time) -> Path:
-    """``checkpoints/step-N/`` (atomically): weights, projections, optimizer, scheduler, each process's RNG."""
-    path = out_dir / "checkpoints" / f"step-{step:07d}"
-    weights = accelerator.get_state_dict(model)  # every rank takes part (FSDP gathers the shards); DDP: a no-op
-    rng_states = gather_object([_rng_state()]) if accelerator.num_processes > 1 else [_rng_state()]
-    if not accelerator.is_main_process:
-        accelerator.wait_for_everyone()
-        return path
-    with atomic_dir(path) as tmp:
-        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=weights, safe_serialization=True)
-        _save_objective(objective, tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save({**rng_states[0], "ranks": rng_states}, tmp / "rng.pt")
-        write_json(tmp / "state.json", {"step": step, "train_time_s": train_time})
-    old = sorted(p for p in (out_dir / "checkpoints").glob("step-*") if _CKPT.match(p.name))[:-KEEP_CHECKPOINTS]
-    for p in old:
-        shutil.rmtree(p)
-    accelerator.wait_for_everyone()
-    return path
-
-
-def _load_checkpoint(path: Path, model, optimizer, scheduler, accelerator, objective) -> tuple[int, float]:
-    """Restore a checkpoint; returns its step and the training time spent up to it (seconds)."""
-    if objective.state_dict():
-        if not (path / OBJECTIVE_FILE).is_file():
-            raise RuntimeError(f"checkpoint {path} has no {OBJECTIVE_FILE} for the objective's feature projections")
-        objective.load_state_dict(load_file(path / OBJECTIVE_FILE, device=str(accelerator.device)))
-    state = load_file(path / "model.safetensors")
-    missing, unexpected = accelerator.unwrap_model(model).load_state_dict(state, strict=False)
-    tied = accelerator.unwrap_model(model).config.tie_word_embeddings
-    if unexpected or [k for k in missing if not (tied and k.endswith(("lm_head.weight", "decoder.weight")))]:
-        raise RuntimeError(f"checkpoint {path} does not match the model: missing={missing} unexpected={unexpected}")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=True)
-    ranks = rng.get("ranks") or [rng]
-    rank, world = accelerator.process_index, accelerator.num_processes
-    if len(ranks) == world:
-        _set_rng_state(ranks[rank])
-    else:  # a checkpoint of another world size: the same data order, other dropout masks
-        log.warning(
-            "checkpoint %s was written by %d process(es), resumed by %d: dropout masks differ", path, len(ranks), world
-        )
-        _set_rng_state(ranks[0])
-        if rank:
-            torch.manual_seed(torch.initial_seed() + 7919 * rank)
-    info = json.loads((path / "state.json").read_text())
-    return int(info["step"]), float(info.get("train_time_s") or 0.0)
-
-
-class _MetricsLog:
-    """Metrics as JSONL (truncated to the resumed step) and TensorBoard scalars."""
-
-    def __init__(self, out_dir: Path, resume_step: int, enabled: bool) -> None:
-        self.enabled = enabled
-        self.path = out_dir / "metrics.jsonl"
-        if not enabled:
-            return
-        kept = [r for r in _read_records(self.path) if r.get("step", 0) <= resume_step]  # drop steps to redo
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        prefix = "dev/" if record.get("event") == "dev" else "train/"
-        for key, value in record.items():
-            if key not in ("step", "event") and isinstance(value, (int, float)):
-                self.tb.add_scalar(prefix + key, value, record["step"])
-
-    def close(self) -> None:
-        if self.enabled:
-            self.tb.close()
 
 
 class _InterruptFlag:
@@ -391,13 +284,13 @@ def train(
     clipped = [*model.parameters(), *objective.parameters()]
 
     step, last_ckpt, time_before = 0, None, 0.0
-    if resume and (last_ckpt := _latest_checkpoint(out_dir)) is not None:
-        step, time_before = _load_checkpoint(last_ckpt, model, optimizer, scheduler, accelerator, objective)
+    if resume and (last_ckpt := latest_checkpoint(out_dir)) is not None:
+        step, time_before = load_checkpoint(last_ckpt, model, optimizer, scheduler, accelerator, objective)
         log.info("%s: resumed from %s (step %d of %d)", desc, last_ckpt, step, num_steps)
     elif rank:
         torch.manual_seed(torch.initial_seed() + 7919 * rank)  # every process its own dropout masks
-    metrics = _MetricsLog(out_dir, step, accelerator.is_main_process)
-    dev_by_epoch = {r["epoch"]: r["dev_loss"] for r in _read_records(metrics.path) if r.get("event") == "dev"}
+    metrics = MetricsLog(out_dir, step, accelerator.is_main_process)
+    dev_by_epoch = {r["epoch"]: r["dev_loss"] for r in read_records(metrics.path) if r.get("event") == "dev"}
     bar = tqdm(total=num_steps, initial=step, desc=desc, disable=None if accelerator.is_main_process else True)
     model.train()
 
@@ -487,7 +380,7 @@ def train(
         return terms_sum
 
     def save(at_step: int) -> Path:
-        return _save_checkpoint(out_dir, at_step, model, optimizer, scheduler, accelerator, objective, train_time())
+        return save_checkpoint(out_dir, at_step, model, optimizer, scheduler, accelerator, objective, train_time())
 
     window: dict[str, list[float]] = {}  # loss terms since the last metrics line, logged as their mean
     tokens_per_step = source.tokens_per_batch() if isinstance(source, BlockSource) else None
@@ -545,7 +438,7 @@ def train(
     if accelerator.is_main_process:
         with atomic_dir(final_dir) as tmp:
             accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=weights, safe_serialization=True)
-            _save_objective(objective, tmp)
+            save_objective(objective, tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             write_json(
@@ -561,18 +454,3 @@ def _any_process(accelerator: Accelerator, flag: bool) -> bool:
     if accelerator.num_processes == 1:
         return flag
     return accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum").item() > 0
-
-
-def _read_records(path: Path) -> list[dict]:
-    """The JSON objects of a metrics JSONL file (none if it is missing); a torn or non-JSON line is skipped."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
