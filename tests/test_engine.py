@@ -379,3 +379,37 @@ def test_dev_blocks_cover_every_source(tmp_path, data_root):
     assert sum(per_source.values()) == len(data.dev) == 64
     assert data.info["dev_rule"].startswith("dev_max_blocks blocks evenly spaced")
     assert (data.train.tokens[0], data.dev[0, 0].item()) == (1, 1)  # <s> starts the first document of each split
+
+
+# ----------------------------------------------------------------------- teacher input gradients
+
+
+@pytest.mark.parametrize(
+    ("arch", "extra", "kind"), [("llama", {}, {}), ("bert", {"family": "classifier", "num_labels": 3}, {"classes": 3})]
+)
+def test_teacher_gradients_reach_the_inputs_and_never_the_weights(arch, extra, kind):
+    from lmdistill.teachers import input_gradients
+
+    teacher = _build(arch, **extra)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    batch = ExampleSource(_examples(**kind), 4, pad_id=0).collate(np.arange(4))
+    embeddings, grad, scores = input_gradients(teacher, batch)
+    assert grad.shape == embeddings.shape == (*batch.input_ids.shape, 16)
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+    # the gradient is the score's directional derivative: check one direction by central differences
+    family = family_of(teacher)
+    direction = torch.randn_like(embeddings)
+
+    def score_at(eps):
+        inputs = family.model_inputs(teacher, batch)
+        del inputs["input_ids"]
+        with torch.no_grad():
+            logits = family.positions(teacher(**inputs, inputs_embeds=(embeddings + eps * direction).double()).logits)
+        log_p = torch.log_softmax(logits, -1).max(-1).values
+        return (log_p * (family.targets(batch.labels) != -100)).sum()
+
+    teacher.double()
+    numeric = (score_at(1e-5) - score_at(-1e-5)) / 2e-5
+    assert float((grad.double() * direction.double()).sum()) == pytest.approx(float(numeric), rel=1e-3, abs=1e-5)
+    assert scores.shape == (4,)
