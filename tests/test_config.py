@@ -226,3 +226,11 @@ def test_a_recipe_names_task_files_relative_to_itself(tmp_path, monkeypatch):
     assert "cqa_tiny" in TASKS
     with pytest.raises(ConfigError, match=r"evaluation\.task_files\.0: .*no_such\.yaml"):
         load_recipe(str(tmp_path / "r.yaml"), [f"evaluation.task_files=[{tmp_path}/no_such.yaml]"])
+
+
+def test_the_babylm_2023_scoring_mode_scores_after_eos():
+    from lmdistill.config import EvaluationConfig
+
+    assert EvaluationConfig().prefix == "bos"  # lm-eval 0.4.13, and <s> starts every training document
+    assert EvaluationConfig(blimp_target_delimiter="").prefix == "eos"  # lm-eval 0.3 / BabyLM 2023
+    assert EvaluationConfig(blimp_target_delimiter="", empty_context_prefix="bos").prefix == "bos"

@@ -359,7 +359,7 @@ def test_a_cached_evaluation_is_redone_for_other_weights(tmp_path, monkeypatch):
     stages.evaluate_model("m", None, "sha-a", None, cfg, tmp_path, tmp_path)  # cached
     assert calls == [["arc_easy"]]
     stages.evaluate_model("m", None, "sha-b", None, cfg, tmp_path, tmp_path)  # retrained: evaluated again
-    other = EvaluationConfig(tasks=["arc_easy"], limit=2, empty_context_prefix="eos")
+    other = EvaluationConfig(tasks=["arc_easy"], limit=2, blimp_target_delimiter="")
     stages.evaluate_model("m", None, "sha-b", None, other, tmp_path, tmp_path)  # other scoring: again
     assert calls == [["arc_easy"]] * 3
     assert json.loads((tmp_path / "models" / "m" / "eval.json").read_text())["key"]["weights_sha256"] == "sha-b"

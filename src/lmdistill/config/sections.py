@@ -364,15 +364,22 @@ class EvaluationConfig:
     """BLiMP paradigm names (file stems) to evaluate; None = all 67."""
     blimp_target_delimiter: str = " "
     """Text before each BLiMP sentence: " " as lm-eval >= 0.4 scores it; "" as BabyLM 2023 / lm-eval 0.3."""
-    empty_context_prefix: Literal["bos", "eos"] = "bos"
+    empty_context_prefix: Literal["bos", "eos"] | None = None
     """Token an empty context (BLiMP) is scored after: "bos" as lm-eval >= 0.4 (``<s>``, which also starts every
-    training document of a corpus recipe), "eos" as lm-eval 0.3 / the BabyLM 2023 pipeline (with
-    ``blimp_target_delimiter: ""``)."""
+    training document of a corpus recipe), "eos" as lm-eval 0.3; null = "bos", or "eos" with
+    ``blimp_target_delimiter: ""`` (together: the BabyLM 2023 pipeline's scoring)."""
     batch_size: int = 64
     """Rows (distinct inputs) per forward pass."""
     task_files: list[str] = field(default_factory=list)
     """Task spec files (or folders of them) whose tasks ``tasks`` may name, as ``lmdistill eval --task-file``;
     a relative path in a recipe file is relative to that file, one from the command line to the working folder."""
+
+    @property
+    def prefix(self) -> str:
+        """The empty-context prefix in force ("bos" or "eos"), see ``empty_context_prefix``."""
+        if self.empty_context_prefix is not None:
+            return self.empty_context_prefix
+        return "eos" if self.blimp_target_delimiter == "" else "bos"
 
     def __post_init__(self) -> None:
         from lmdistill.evaluation.taskfile import register_task_files

@@ -341,7 +341,7 @@ def evaluate_model(
     key = {
         "weights_sha256": fingerprint,
         "limit": evaluation.limit,
-        "empty_context_prefix": evaluation.empty_context_prefix,
+        "empty_context_prefix": evaluation.prefix,
         "blimp_target_delimiter": evaluation.blimp_target_delimiter,
         "blimp_paradigms": evaluation.blimp_paradigms,
     }
@@ -361,7 +361,7 @@ def evaluate_model(
                 limit=evaluation.limit,
                 batch_size=evaluation.batch_size,
                 progress=f"eval {name}",
-                empty_context_prefix=evaluation.empty_context_prefix,
+                empty_context_prefix=evaluation.prefix,
             )
         )
         write_json(cached, {"key": key, "tasks": done})
