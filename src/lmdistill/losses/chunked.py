@@ -13,9 +13,10 @@ temporaries plus what the gradient itself needs:
 
 Both evaluate the very same per-position formulas as the plain path (``Divergence.per_token`` and
 ``F.cross_entropy``) under autograd, one chunk at a time, so values and gradients equal the plain path's up to
-float32 summation order. The first backward hands the forward's gradient buffers to autograd (scaled in place
-by the incoming gradient), so ``loss.backward()`` costs no further (N, V) memory; a second backward through a
-retained graph (``retain_graph=True``, ``gradcheck``) recomputes them from the saved inputs.
+float32 summation order (-inf logits included: probabilities of 0, see ``lmdistill.losses.divergences``). The
+first backward hands the forward's gradient buffers to autograd (scaled in place by the incoming gradient), so
+``loss.backward()`` costs no further (N, V) memory; a second backward through a retained graph
+(``retain_graph=True``, ``gradcheck``) recomputes them from the saved inputs.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lmdistill.losses.divergences import Divergence, at_least_float32
+from lmdistill.losses.divergences import Divergence, at_least_float32, compute_dtype
 
 __all__ = ["IGNORE_INDEX", "auto_chunk_size", "chunked_per_token", "fused_linear_loss"]
 
@@ -105,7 +106,9 @@ def _chunked_pass(
     n_rows = student_logits.shape[0]
     grad_s = torch.empty_like(student_logits) if need_s else None
     grad_t = torch.empty_like(teacher_logits) if need_t else None
-    per_row = student_logits.new_empty(n_rows, dtype=torch.promote_types(student_logits.dtype, torch.float32))
+    # the dtype the formulas compute in (float64 if either input is): a float64 loss is not rounded to float32
+    dtype = compute_dtype(student_logits) if teacher_logits is None else compute_dtype(student_logits, teacher_logits)
+    per_row = student_logits.new_empty(n_rows, dtype=dtype)
     div_rows_all = per_row.new_zeros(n_rows) if div is not None else None
     ce_rows_all = per_row.new_zeros(n_rows) if targets is not None else None
     for start in range(0, n_rows, chunk_size):
@@ -207,14 +210,15 @@ def chunked_per_token(
         chunk_size (int | None): positions per chunk; None = ``auto_chunk_size(V)``.
         targets (Tensor | None): (...) next-token ids for CE, -100 where not supervised.
         div_weights (Tensor | None): (...) weight of D per position (0 = masked: the position changes nothing);
-            None = 1.
-        ce_weights (Tensor | None): (...) weight of CE per position; None = 1.
+            None = 1. In the loss's dtype: float64 logits need float64 weights (``reduction_weights(...,
+            dtype=torch.float64)``), since float32 weights such as 1/3 are off by up to 3e-8 relative.
+        ce_weights (Tensor | None): (...) weight of CE per position, same dtype rule; None = 1.
         reduce (bool): return the weighted sum over positions (a scalar) instead of (...) per position.
         return_parts (bool): also return D and CE per position (without gradient), for logging.
 
     Returns:
-        Tensor: scalar or (...) float32 combined loss (with gradient); with ``return_parts``, a tuple
-        ``(combined, D or None, CE or None)``.
+        Tensor: scalar or (...) float32 (float64 for a float64 input) combined loss (with gradient); with
+        ``return_parts``, a tuple ``(combined, D or None, CE or None)``.
 
     Raises:
         ValueError: a divergence without teacher logits, or shapes that do not match.
@@ -253,7 +257,8 @@ def _fused_pass(
     acc = torch.promote_types(weight.dtype, torch.float32)  # accumulate the LM-head gradient in >= float32
     grad_w = torch.zeros_like(weight, dtype=acc) if need_w else None
     grad_b = torch.zeros_like(bias, dtype=acc) if need_b else None
-    loss = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
+    dtype = compute_dtype(hidden, weight) if teacher_logits is None else compute_dtype(hidden, weight, teacher_logits)
+    loss = hidden.new_zeros((), dtype=dtype)
     div_rows_all = loss.new_zeros(n_rows) if div is not None else None
     ce_rows_all = loss.new_zeros(n_rows) if targets is not None else None
     for start in range(0, n_rows, chunk_size):
@@ -348,8 +353,9 @@ def fused_linear_loss(
         bias (Tensor | None): (V,) LM-head bias, if the model has one.
         temperature (float): T > 0 of the divergence (CE is at T = 1).
         targets (Tensor | None): (...) next-token ids for CE, -100 where not supervised.
-        div_weights (Tensor | None): (...) weights of D per position; None = 1 (a sum).
-        ce_weights (Tensor | None): (...) weights of CE per position; None = 1.
+        div_weights (Tensor | None): (...) weights of D per position; None = 1 (a sum). In the loss's dtype:
+            a float64 head and hidden states need float64 weights (``reduction_weights(..., dtype=...)``).
+        ce_weights (Tensor | None): (...) weights of CE per position, same dtype rule; None = 1.
         chunk_size (int | None): positions per chunk; None = ``auto_chunk_size(V)``.
 
     Returns:

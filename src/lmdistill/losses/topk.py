@@ -16,7 +16,12 @@ Consequences, all tested:
 - coarsening never increases an f-divergence (data-processing inequality), so for forward KL, reverse KL,
   JSD and TV the sparse value is at most the dense one; the gap is the student's disagreement with the
   teacher *inside* the tail, which the cache does not record;
-- the gradient reaches every student logit: tail tokens are pushed, together, towards the tail mass m.
+- the gradient reaches every student logit: tail tokens are pushed, together, towards the tail mass m;
+- the skew KLs use the cancellation-free form of ``lmdistill.losses.divergences`` (terms ``a (e^r - 1 - r)``),
+  which assumes both distributions sum to 1: with log-probabilities stored in float16 the teacher's sums to
+  1 +- ~1e-4, and the value differs from the textbook sum by ``(1 - skew) (1 - sum p)`` per position (reverse:
+  the opposite), a constant without gradient that removes the first-order effect of that rounding when the
+  student is close to the teacher; generalized JSD is unaffected (the two offsets cancel).
 
 Log-probabilities of empty outcomes (-inf) are floored at ``LOG_FLOOR`` so that ``0 * log 0`` terms are 0 rather
 than NaN; a reverse KL against a teacher tail of exactly 0 is therefore large and finite instead of infinite.
