@@ -478,3 +478,31 @@ def test_second_derivatives_match_the_textbook_formula(name, params):
         hvps.append(torch.autograd.grad((g_a * v_s).sum() + (g_b * v_t).sum(), (a, b)))
     for got, want in zip(*hvps, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("implementation", ["plain", "chunked", "fused"])
+def test_objective_in_float64_matches_a_float64_reference(implementation):
+    """The objective's reduction weights follow the inputs' dtype on every path (1 / n in float64)."""
+    from lmdistill.losses import DistillationObjective
+    from lmdistill.losses.objective import StudentOutput
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 7, 5, dtype=torch.float64, generator=g)
+    head = torch.nn.Linear(5, 11, bias=False).double()
+    teacher = torch.randn(2, 7, 11, dtype=torch.float64, generator=g)
+    labels = torch.randint(0, 11, (2, 7), generator=g)
+    labels[0, 3] = -100
+    objective = DistillationObjective(alpha=0.3, temperature=2.0, implementation=implementation)
+    student = (
+        StudentOutput(hidden=hidden, lm_head=head) if implementation == "fused" else StudentOutput(logits=head(hidden))
+    )
+    loss, _ = objective(student, labels, teacher)
+    logits = head(hidden)
+    targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+    mask = targets != -100
+    ce = torch.nn.functional.cross_entropy(logits[mask], targets[mask])
+    log_p_t = torch.log_softmax(teacher / 2, -1)
+    kl = (log_p_t.exp() * (log_p_t - torch.log_softmax(logits / 2, -1))).sum(-1)[mask].mean()
+    reference = 0.3 * ce + 0.7 * 4 * kl
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss, reference, rtol=1e-12, atol=1e-12)

@@ -40,7 +40,13 @@ from lmdistill.losses.chunked import (
     masked_weighted,
     token_cross_entropy,
 )
-from lmdistill.losses.divergences import check_logits_pair, get_divergence, reduce_per_token, reduction_weights
+from lmdistill.losses.divergences import (
+    check_logits_pair,
+    compute_dtype,
+    get_divergence,
+    reduce_per_token,
+    reduction_weights,
+)
 from lmdistill.losses.features import AttentionLoss, EmbeddingLoss, HintLoss, layer_map, model_dims
 from lmdistill.losses.topk import TopKTeacher, sparse_per_token
 from lmdistill.models.families import FAMILIES, ModelFamily
@@ -378,7 +384,11 @@ class DistillationObjective(nn.Module):
             teacher_logits = self.family.positions(teacher_logits)
         targets = self.family.targets(labels)  # (B, T), aligned with the logits' positions
         supervised = targets != IGNORE_INDEX
-        ce_weights = reduction_weights(targets.shape, supervised, "mean", device=targets.device)
+        # the weights follow the inputs' dtype: float64 losses need float64 1/n (float32 is off by up to 3e-8)
+        side = student.logits if student.logits is not None else student.hidden
+        tensors = [t for t in (side, teacher_logits) if isinstance(t, Tensor)]
+        dtype = compute_dtype(*tensors)
+        ce_weights = reduction_weights(targets.shape, supervised, "mean", device=targets.device, dtype=dtype)
         div = self.divergence if self.alpha < 1.0 else None
         div_weights = None
         if div is not None:
@@ -386,9 +396,9 @@ class DistillationObjective(nn.Module):
                 raise ValueError(f"alpha={self.alpha} < 1 needs teacher logits, got None")
             if self.reduction == "batchmean":
                 real = None if attention_mask is None else attention_mask.bool()
-                div_weights = reduction_weights(targets.shape, real, "batchmean", device=targets.device)
+                div_weights = reduction_weights(targets.shape, real, "batchmean", device=targets.device, dtype=dtype)
             else:
-                div_weights = reduction_weights(targets.shape, supervised, "mean", device=targets.device)
+                div_weights = reduction_weights(targets.shape, supervised, "mean", device=targets.device, dtype=dtype)
         loss, ce, d = self._response(student, teacher_logits, targets, div, ce_weights, div_weights)
         values = {"ce": ce}
         if d is not None:
