@@ -312,3 +312,19 @@ def test_stale_tmp_is_not_a_cache(tokenizer, corpus: list[str], tmp_path: Path, 
     again = tokenize_documents(docs, tokenizer, stale_dir, "train")
     assert calls == [5]
     np.testing.assert_array_equal(again, name)
+
+
+# --- tokenizer checks: special-token roles, slow tokenizers; a damaged token cache ----------------------------
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_damaged_token_cache_file_is_tokenized_again(tokenizer, corpus, tmp_path: Path, caplog, damage) -> None:
+    docs = corpus[:5]
+    first = np.array(tokenize_documents(docs, tokenizer, tmp_path, "train"))
+    (npy,) = tmp_path.glob("train-*.npy")
+    npy.write_bytes(npy.read_bytes()[:-7] if damage == "truncate" else b"not an npy file at all")
+    with caplog.at_level("WARNING", logger="lmdistill.data.tokens"):
+        again = tokenize_documents(docs, tokenizer, tmp_path, "train")
+    assert f"token cache file {npy} is not a readable token array" in caplog.text and "tokenizing again" in caplog.text
+    np.testing.assert_array_equal(again, first)
+    assert read_sidecar(npy)["num_tokens"] == len(first)

@@ -119,14 +119,40 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerFast:
 
     Raises:
         FileNotFoundError: ``path`` has no ``tokenizer.json`` (it is never looked up on the Hub).
+        ValueError: ``tokenizer.json`` (or another file of the folder) is not a valid tokenizer: truncated, not JSON,
+            or not what ``tokenizers`` writes (names the file).
     """
     path = Path(path)
-    if not (path / "tokenizer.json").is_file():
+    file = path / "tokenizer.json"
+    if not file.is_file():
         raise FileNotFoundError(
-            f"no tokenizer at {path}: expected {path / 'tokenizer.json'}; train one first (the pipeline's "
-            "tokenizer step) or fix the path"
+            f"no tokenizer at {path}: expected {file}; train one first (the pipeline's tokenizer step) or fix the path"
         )
-    return AutoTokenizer.from_pretrained(str(path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except Exception as err:  # JSON errors, KeyError, and the Rust parser's plain Exception
+        raise ValueError(_invalid(path, err)) from None
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        raise ValueError(f"{path} loads as a {type(tokenizer).__name__}, not a fast tokenizer built on {file}")
+    return tokenizer
+
+
+def _invalid(folder: Path, err: BaseException) -> str:
+    """One line: which file of a tokenizer folder that failed to load is not valid, why, and what is expected."""
+    culprit = folder / "tokenizer.json"
+    try:  # is tokenizer.json itself broken, or another file of the folder (tokenizer_config.json, ...)?
+        json.loads(culprit.read_text(encoding="utf-8"))
+        Tokenizer.from_file(str(culprit))
+    except Exception as bad:  # the same kinds of errors, on tokenizer.json alone
+        err = bad
+    else:
+        culprit = folder
+    reason = " ".join(str(err).split())[:200] or "no detail"
+    return (
+        f"{culprit} is not a valid tokenizer ({type(err).__name__}: {reason}); expected the tokenizer.json and "
+        "tokenizer_config.json that save_tokenizer (save_pretrained) writes: replace the folder with a saved "
+        "tokenizer, or delete it so that the run trains its tokenizer again"
+    )
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
