@@ -24,6 +24,7 @@ __all__ = [
     "BOS_TOKEN",
     "EOS_TOKEN",
     "PAD_TOKEN",
+    "SPECIAL_ROLES",
     "SPECIAL_TOKENS",
     "UNK_TOKEN",
     "load_tokenizer",
@@ -155,21 +156,43 @@ def _invalid(folder: Path, err: BaseException) -> str:
     )
 
 
+SPECIAL_ROLES = ("bos_token", "eos_token", "pad_token", "unk_token")
+"""The special-token roles that ``tokenizer_fingerprint`` covers (the token cache writes ``<s>``/``</s>`` by role)."""
+
+
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
     """Hex SHA-256 identifying the tokenizer's vocabulary, merges, special tokens and pipeline.
 
     Computed from ``tokenizer.backend_tokenizer.to_str()`` as canonical JSON, without the ``padding`` and
-    ``truncation`` settings, which ``transformers`` changes while encoding and which do not change the ids.
-    Teachers and students must share a fingerprint; token caches are keyed by it.
+    ``truncation`` settings, which ``transformers`` changes while encoding and which do not change the ids, plus
+    which token plays each role of ``SPECIAL_ROLES`` (two tokenizers with one vocabulary but another ``eos_token``
+    end documents with other ids). Teachers and students must share a fingerprint; token caches are keyed by it.
 
     Args:
         tokenizer (PreTrainedTokenizerFast): a fast tokenizer.
 
     Returns:
         str: 64 hex digits.
+
+    Raises:
+        ValueError: ``tokenizer`` is not a fast tokenizer (it has no ``backend_tokenizer`` to fingerprint).
     """
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(
+            f"cannot fingerprint tokenizer {getattr(tokenizer, 'name_or_path', '') or '(unnamed)'}: it is a "
+            f"{type(tokenizer).__name__}, not a fast tokenizer; load it from a folder with tokenizer.json "
+            "(AutoTokenizer.from_pretrained(..., use_fast=True)) so that its vocabulary, merges and special tokens "
+            "can be compared"
+        )
+    spec = json.loads(backend.to_str())
     spec.pop("padding", None)
     spec.pop("truncation", None)
+    spec["special_token_roles"] = {role: _token_text(getattr(tokenizer, role, None)) for role in SPECIAL_ROLES}
     canonical = json.dumps(spec, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _token_text(token: object) -> str | None:
+    """A special token's text (``AddedToken`` or str), None when the role is unset."""
+    return None if token is None else str(getattr(token, "content", token))
