@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import numpy as np
 import pytest
@@ -233,3 +235,77 @@ def test_training_refuses_a_cache_for_shifted_blocks(tmp_path, teachers):
     with pytest.raises(ValueError, match="without random_offset"):
         train(_model("llama", 0), shifted, shifted.batch(np.array([0])), cfg, tmp_path / "run",
               objective=DistillationObjective(alpha=0.5), teacher=cache)  # fmt: skip
+
+
+def _strip_spec_from_sidecars(folder):
+    for sidecar in folder.glob("shard-*.json"):
+        record = json.loads(sidecar.read_text())
+        record.pop("spec")
+        sidecar.write_text(json.dumps(record))
+
+
+def test_sidecars_record_the_spec_their_shard_was_built_for(tmp_path, teachers):
+    blocks = _blocks()
+    spec = _spec(teachers, blocks)
+    _build(teachers, blocks, spec, tmp_path)
+    for shard in range(spec.num_shards):
+        record = json.loads((tmp_path / f"shard-{shard:05d}.json").read_text())
+        assert cache_module.CacheSpec.from_json(record["spec"]) == spec
+
+
+def test_leftover_shards_of_another_spec_are_rebuilt_when_spec_json_is_gone(tmp_path, teachers, caplog):
+    blocks = _blocks()
+    old, new = _spec(teachers, blocks, top_k=16), _spec(teachers, blocks, top_k=8)
+    _build(teachers, blocks, old, tmp_path / "cache")
+    for name in ("spec.json", "manifest.json"):  # what a half-cleaned folder looks like: only the shards are left
+        (tmp_path / "cache" / name).unlink()
+    ensemble = TeacherEnsemble(list(teachers.values()), "logits")
+    with caplog.at_level("WARNING", logger="lmdistill.teachers.cache"):
+        assert build_cache(ensemble, blocks, new, tmp_path / "cache", batch_size=3) == list(range(new.num_shards))
+    assert "shard-00000.safetensors is not taken into this build: it was built for other settings (top_k: cache 16, " \
+        "run 8); building it again" in caplog.text  # fmt: skip
+    finalize_cache(tmp_path / "cache", new)
+    cache = TeacherCache.open(tmp_path / "cache", new)
+    assert cache.lookup([0, 20]).log_probs.shape == (2, T, 8)
+    fresh = _build(teachers, blocks, new, tmp_path / "fresh")
+    assert [s["sha256"] for s in cache.manifest["shards"]] == [s["sha256"] for s in fresh.manifest["shards"]]
+
+
+def test_shards_whose_sidecar_records_no_spec_are_rebuilt(tmp_path, teachers, caplog):
+    blocks = _blocks()
+    spec = _spec(teachers, blocks)
+    ensemble = TeacherEnsemble(list(teachers.values()), "logits")
+    build_cache(ensemble, blocks, spec, tmp_path, batch_size=3)
+    _strip_spec_from_sidecars(tmp_path)  # as an older version (or a foreign build) wrote them
+    with pytest.raises(CacheIncompleteError, match=r"6 of 6 shards are not built .*records no spec"):
+        finalize_cache(tmp_path, spec)
+    with caplog.at_level("WARNING", logger="lmdistill.teachers.cache"):
+        assert build_cache(ensemble, blocks, spec, tmp_path, batch_size=3) == list(range(spec.num_shards))
+    assert "shard-00002.json records no spec" in caplog.text and "building it again" in caplog.text
+    finalize_cache(tmp_path, spec)
+    TeacherCache.open(tmp_path, spec)
+
+
+def test_stale_shard_temporaries_are_removed_when_a_build_starts_or_resumes(tmp_path, teachers, caplog):
+    blocks = _blocks()
+    spec = _spec(teachers, blocks)
+    ensemble = TeacherEnsemble(list(teachers.values()), "logits")
+    tmp_path.mkdir(exist_ok=True)
+    # the names atomic_path gives (".<name>.<random>.tmp"), as left by a build that was killed mid-write
+    stale = [".shard-00001.safetensors.k3j9x0.tmp", ".shard-00002.json.a1b2c3.tmp", ".shard-00099.safetensors.zz.tmp"]
+    for name in stale:
+        (tmp_path / name).write_bytes(b"half a shard")
+        os.utime(tmp_path / name, (time.time() - 3600,) * 2)  # an hour old: not being written
+    (tmp_path / ".shard-00003.safetensors.live.tmp").write_bytes(b"")  # just created: maybe another process's write
+    (tmp_path / ".manifest.json.q1.tmp").write_text("{")  # not a shard temporary: left alone
+    with caplog.at_level("INFO", logger="lmdistill.teachers.cache"):
+        assert build_cache(ensemble, blocks, spec, tmp_path, batch_size=3, rank=1, world_size=2) == [1, 3, 5]
+    left = sorted(p.name for p in tmp_path.glob(".shard-*.tmp"))
+    assert left == sorted([*stale[1:], ".shard-00003.safetensors.live.tmp"])  # rank 1 removes its old ones only
+    assert "removed 1 temporary file(s) left by an interrupted build" in caplog.text
+    assert build_cache(ensemble, blocks, spec, tmp_path, batch_size=3, rank=0, world_size=2) == [0, 2, 4]
+    left = [p.name for p in tmp_path.glob(".shard-*.tmp")]  # rank 0: its own and those of shards outside this build
+    assert left == [".shard-00003.safetensors.live.tmp"]
+    assert (tmp_path / ".manifest.json.q1.tmp").exists()
+    finalize_cache(tmp_path, spec)
+    TeacherCache.open(tmp_path, spec)

@@ -312,3 +312,46 @@ def test_stale_tmp_is_not_a_cache(tokenizer, corpus: list[str], tmp_path: Path, 
     again = tokenize_documents(docs, tokenizer, stale_dir, "train")
     assert calls == [5]
     np.testing.assert_array_equal(again, name)
+
+
+# --- tokenizer checks: special-token roles, slow tokenizers; a damaged token cache ----------------------------
+
+
+def test_fingerprint_covers_special_token_roles(tokenizer, corpus: list[str], tmp_path: Path) -> None:
+    import copy
+
+    other = copy.deepcopy(tokenizer)
+    other.eos_token = "<unk>"  # the same vocabulary and merges, but documents end with another id
+    assert other.backend_tokenizer.to_str() == tokenizer.backend_tokenizer.to_str()
+    assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tokenizer)
+    no_bos = copy.deepcopy(tokenizer)
+    no_bos.bos_token = None
+    assert tokenizer_fingerprint(no_bos) != tokenizer_fingerprint(tokenizer)
+    docs = corpus[:3]
+    a = tokenize_documents(docs, tokenizer, tmp_path, "train")
+    b = tokenize_documents(docs, other, tmp_path, "train")  # not a cache hit on the first array
+    assert len(list(tmp_path.glob("train-*.npy"))) == 2
+    assert np.count_nonzero(np.asarray(b) == 3) == 3 and np.count_nonzero(np.asarray(a) == 3) == 0
+    out = save_tokenizer(other, tmp_path / "tok")
+    assert tokenizer_fingerprint(load_tokenizer(out)) == tokenizer_fingerprint(other)  # roles survive a round trip
+
+
+def test_fingerprint_of_a_slow_tokenizer_is_a_clear_error() -> None:
+    class SlowTokenizer:  # what a tokenizer without a ``tokenizers`` backend looks like to the fingerprint
+        name_or_path = "teachers/old-bert"
+
+    with pytest.raises(ValueError, match=r"cannot fingerprint tokenizer teachers/old-bert: it is a SlowTokenizer"):
+        tokenizer_fingerprint(SlowTokenizer())
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_damaged_token_cache_file_is_tokenized_again(tokenizer, corpus, tmp_path: Path, caplog, damage) -> None:
+    docs = corpus[:5]
+    first = np.array(tokenize_documents(docs, tokenizer, tmp_path, "train"))
+    (npy,) = tmp_path.glob("train-*.npy")
+    npy.write_bytes(npy.read_bytes()[:-7] if damage == "truncate" else b"not an npy file at all")
+    with caplog.at_level("WARNING", logger="lmdistill.data.tokens"):
+        again = tokenize_documents(docs, tokenizer, tmp_path, "train")
+    assert f"token cache file {npy} is not a readable token array" in caplog.text and "tokenizing again" in caplog.text
+    np.testing.assert_array_equal(again, first)
+    assert read_sidecar(npy)["num_tokens"] == len(first)

@@ -63,16 +63,35 @@ def read_recipe_data(path: Path) -> dict[str, Any]:
     """The parsed YAML mapping of a recipe file.
 
     Raises:
-        ConfigError: not valid YAML, or not a mapping (the message starts with the file).
+        ConfigError: not valid YAML or UTF-8, or not a mapping (one line starting with the file, and its line and
+            column for a YAML syntax error).
     """
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(_yaml_error(path, err)) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); a recipe is a UTF-8 YAML file"
+        ) from None
     data = data if data is not None else {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: recipe: expected a mapping, got {type(data).__name__}")
     return data
+
+
+def _yaml_error(path: Path, err: yaml.YAMLError) -> str:
+    """``"FILE:LINE:COLUMN: not valid YAML: <problem> (<context> at line L)"`` on one line."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(err, "problem", None)
+    if not problem:  # not a MarkedYAMLError: its text, on one line
+        return f"{where}: not valid YAML: {' '.join(str(err).split())}"
+    context = getattr(err, "context", None)
+    context_mark = getattr(err, "context_mark", None)
+    if context and context_mark is not None and (mark is None or context_mark.line != mark.line):
+        context = f"{context} at line {context_mark.line + 1}"
+    return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -21,16 +23,28 @@ class BlockDataset:
         block_size (int): tokens per block (T).
         seed (int): base seed of the per-epoch orders.
         random_offset (bool): shift the block grid randomly each epoch.
+        split (str | None): which split the tokens are (e.g. "train"), named in the error message only.
+        sources (Sequence[str] | None): the corpus sources the tokens come from, named in the error message only.
 
     Raises:
-        ValueError: if the array holds fewer than ``block_size`` tokens.
+        ValueError: if the array holds fewer than ``block_size`` tokens (naming ``split`` and ``sources`` when given).
     """
 
-    def __init__(self, tokens: np.ndarray, block_size: int, seed: int = 0, random_offset: bool = False) -> None:
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        block_size: int,
+        seed: int = 0,
+        random_offset: bool = False,
+        *,
+        split: str | None = None,
+        sources: Sequence[str] | None = None,
+    ) -> None:
         if tokens.ndim != 1:
             raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
         if len(tokens) < block_size:
-            raise ValueError(f"only {len(tokens)} tokens, fewer than one block of {block_size}")
+            what = f"the {split} split has only" if split else "the token array has only"
+            raise ValueError(_too_short(what, len(tokens), block_size, sources, "max_words"))
         self.tokens = tokens
         self.block_size = block_size
         self.seed = seed
@@ -68,21 +82,38 @@ class BlockDataset:
             yield self.batch(starts)
 
 
-def dev_blocks(tokens: np.ndarray, block_size: int, max_blocks: int | None) -> torch.Tensor:
+def _too_short(what: str, num_tokens: int, block_size: int, sources: Sequence[str] | None, budget: str) -> str:
+    """``"<what> N tokens (sources: a, b), fewer than one block of T tokens ..."``, with what to change."""
+    named = f" (sources: {', '.join(sources)})" if sources else ""
+    return (
+        f"{what} {num_tokens} tokens{named}, fewer than one block of {block_size} tokens: need at least "
+        f"data.block_size tokens; give the sources more words (data.sources[].{budget}) or lower data.block_size"
+    )
+
+
+def dev_blocks(
+    tokens: np.ndarray, block_size: int, max_blocks: int | None, *, sources: Sequence[str] | None = None
+) -> torch.Tensor:
     """The fixed dev subset: ``max_blocks`` blocks evenly spaced over the whole dev split (every block if None).
 
     The dev split is read source after source, so the first blocks would all come from the first sources; evenly
     spaced blocks give every source a share proportional to its dev tokens (a systematic sample).
 
+    Args:
+        tokens (np.ndarray): (N,) token ids of the dev split.
+        block_size (int): tokens per block (T).
+        max_blocks (int | None): blocks to keep; None keeps every block.
+        sources (Sequence[str] | None): the corpus sources of the dev split, named in the error message only.
+
     Returns:
         Tensor: (num_blocks, T) int64, in split order.
 
     Raises:
-        ValueError: if the dev split holds fewer than ``block_size`` tokens.
+        ValueError: if the dev split holds fewer than ``block_size`` tokens (naming ``sources`` when given).
     """
     num = len(tokens) // block_size
     if num == 0:
-        raise ValueError(f"the dev split has {len(tokens)} tokens, fewer than one block of {block_size}")
+        raise ValueError(_too_short("the dev split has", len(tokens), block_size, sources, "dev_max_words"))
     grid = np.asarray(tokens[: num * block_size], dtype=np.int64).reshape(num, block_size)
     if max_blocks is not None and max_blocks < num:
         grid = grid[dev_block_indices(num, max_blocks)]

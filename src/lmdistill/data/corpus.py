@@ -229,7 +229,7 @@ def load_documents(data_root: Path, source: SourceConfig, split: Split) -> list[
     Raises:
         KeyError: unknown cleaning rule (with a "did you mean").
         FileNotFoundError: the split file is missing (names the path and the data root).
-        ValueError: the file holds no words after cleaning (names the path).
+        ValueError: the file holds no words after cleaning, or is not UTF-8 (names the path and the line).
     """
     rule = cleaning_rule(source)
     clean = CLEANERS.get(rule)
@@ -238,26 +238,48 @@ def load_documents(data_root: Path, source: SourceConfig, split: Split) -> list[
     documents: list[str] = []
     lines: list[str] = []
     num_words = 0
-    with open(path, encoding="utf-8") as f:
-        for raw in f:
-            if not raw.strip():  # a blank line in the file ends the document
-                if lines:
-                    documents.append("\n".join(lines))
-                    lines = []
-                continue
-            line = clean(raw.rstrip("\n"))
-            if not line.strip():  # emptied by cleaning: drop the line, keep the document going
-                continue
-            lines.append(line)
-            num_words += len(line.split())
-            if budget is not None and num_words >= budget:
-                break
+    try:
+        with open(path, encoding="utf-8") as f:
+            for raw in f:
+                if not raw.strip():  # a blank line in the file ends the document
+                    if lines:
+                        documents.append("\n".join(lines))
+                        lines = []
+                    continue
+                line = clean(raw.rstrip("\n"))
+                if not line.strip():  # emptied by cleaning: drop the line, keep the document going
+                    continue
+                lines.append(line)
+                num_words += len(line.split())
+                if budget is not None and num_words >= budget:
+                    break
+    except UnicodeDecodeError as err:
+        raise ValueError(_not_utf8(path, err)) from None
     if lines:
         documents.append("\n".join(lines))
     if num_words == 0:
         raise ValueError(f"corpus file {path} holds no words after cleaning with rule {rule!r}; is it empty?")
     logger.info("%s/%s: %d documents, %d words (rule %r)", source.name, split, len(documents), num_words, rule)
     return documents
+
+
+def _not_utf8(path: Path, err: UnicodeDecodeError) -> str:
+    """``"corpus file PATH, line N: not valid UTF-8 ..."``: the first line of ``path`` that does not decode."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                where = (
+                    f"line {number}: not valid UTF-8 (byte 0x{raw[bad.start]:02x} at byte {bad.start + 1} of the line)"
+                )
+                break
+        else:  # not reached: a decode error is on some line
+            where = f"not valid UTF-8 ({err.reason})"
+    return (
+        f"corpus file {path}, {where}; corpus files must be UTF-8 text: re-encode it (e.g. "
+        f"`iconv -f cp1252 -t utf-8`) or fix that line"
+    )
 
 
 def load_corpus(data_root: Path, sources: Sequence[SourceConfig], split: Split) -> list[str]:

@@ -24,6 +24,7 @@ __all__ = [
     "BOS_TOKEN",
     "EOS_TOKEN",
     "PAD_TOKEN",
+    "SPECIAL_ROLES",
     "SPECIAL_TOKENS",
     "UNK_TOKEN",
     "load_tokenizer",
@@ -119,31 +120,79 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerFast:
 
     Raises:
         FileNotFoundError: ``path`` has no ``tokenizer.json`` (it is never looked up on the Hub).
+        ValueError: ``tokenizer.json`` (or another file of the folder) is not a valid tokenizer: truncated, not JSON,
+            or not what ``tokenizers`` writes (names the file).
     """
     path = Path(path)
-    if not (path / "tokenizer.json").is_file():
+    file = path / "tokenizer.json"
+    if not file.is_file():
         raise FileNotFoundError(
-            f"no tokenizer at {path}: expected {path / 'tokenizer.json'}; train one first (the pipeline's "
-            "tokenizer step) or fix the path"
+            f"no tokenizer at {path}: expected {file}; train one first (the pipeline's tokenizer step) or fix the path"
         )
-    return AutoTokenizer.from_pretrained(str(path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except Exception as err:  # JSON errors, KeyError, and the Rust parser's plain Exception
+        raise ValueError(_invalid(path, err)) from None
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        raise ValueError(f"{path} loads as a {type(tokenizer).__name__}, not a fast tokenizer built on {file}")
+    return tokenizer
+
+
+def _invalid(folder: Path, err: BaseException) -> str:
+    """One line: which file of a tokenizer folder that failed to load is not valid, why, and what is expected."""
+    culprit = folder / "tokenizer.json"
+    try:  # is tokenizer.json itself broken, or another file of the folder (tokenizer_config.json, ...)?
+        json.loads(culprit.read_text(encoding="utf-8"))
+        Tokenizer.from_file(str(culprit))
+    except Exception as bad:  # the same kinds of errors, on tokenizer.json alone
+        err = bad
+    else:
+        culprit = folder
+    reason = " ".join(str(err).split())[:200] or "no detail"
+    return (
+        f"{culprit} is not a valid tokenizer ({type(err).__name__}: {reason}); expected the tokenizer.json and "
+        "tokenizer_config.json that save_tokenizer (save_pretrained) writes: replace the folder with a saved "
+        "tokenizer, or delete it so that the run trains its tokenizer again"
+    )
+
+
+SPECIAL_ROLES = ("bos_token", "eos_token", "pad_token", "unk_token")
+"""The special-token roles that ``tokenizer_fingerprint`` covers (the token cache writes ``<s>``/``</s>`` by role)."""
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
     """Hex SHA-256 identifying the tokenizer's vocabulary, merges, special tokens and pipeline.
 
     Computed from ``tokenizer.backend_tokenizer.to_str()`` as canonical JSON, without the ``padding`` and
-    ``truncation`` settings, which ``transformers`` changes while encoding and which do not change the ids.
-    Teachers and students must share a fingerprint; token caches are keyed by it.
+    ``truncation`` settings, which ``transformers`` changes while encoding and which do not change the ids, plus
+    which token plays each role of ``SPECIAL_ROLES`` (two tokenizers with one vocabulary but another ``eos_token``
+    end documents with other ids). Teachers and students must share a fingerprint; token caches are keyed by it.
 
     Args:
         tokenizer (PreTrainedTokenizerFast): a fast tokenizer.
 
     Returns:
         str: 64 hex digits.
+
+    Raises:
+        ValueError: ``tokenizer`` is not a fast tokenizer (it has no ``backend_tokenizer`` to fingerprint).
     """
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(
+            f"cannot fingerprint tokenizer {getattr(tokenizer, 'name_or_path', '') or '(unnamed)'}: it is a "
+            f"{type(tokenizer).__name__}, not a fast tokenizer; load it from a folder with tokenizer.json "
+            "(AutoTokenizer.from_pretrained(..., use_fast=True)) so that its vocabulary, merges and special tokens "
+            "can be compared"
+        )
+    spec = json.loads(backend.to_str())
     spec.pop("padding", None)
     spec.pop("truncation", None)
+    spec["special_token_roles"] = {role: _token_text(getattr(tokenizer, role, None)) for role in SPECIAL_ROLES}
     canonical = json.dumps(spec, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _token_text(token: object) -> str | None:
+    """A special token's text (``AddedToken`` or str), None when the role is unset."""
+    return None if token is None else str(getattr(token, "content", token))

@@ -6,14 +6,22 @@ trained, and ``</s>`` ends each document. The
 file ``<name>-<key>.npy`` is keyed by the tokenizer fingerprint and the documents' text, so a changed corpus,
 budget, cleaning rule or tokenizer gives a new file and a repeated run reuses the old one. A JSON sidecar
 ``<name>-<key>.json`` records the counts.
+
+The array is written with ordinary file writes (not through a memory map: a memory-mapped write to a full disk
+kills the process with SIGBUS), so a full disk is an ``OSError`` (ENOSPC) that names the file and the space the
+write needed (``disk_full_error``).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import logging
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +31,15 @@ from transformers import PreTrainedTokenizerFast
 from lmdistill.atomic import atomic_path, write_json
 from lmdistill.data.tokenizer import tokenizer_fingerprint
 
-__all__ = ["cache_key", "read_sidecar", "token_dtype", "tokenize_documents"]
+__all__ = [
+    "cache_key",
+    "disk_full_error",
+    "is_disk_full",
+    "raise_disk_full",
+    "read_sidecar",
+    "token_dtype",
+    "tokenize_documents",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +47,65 @@ _CACHE_VERSION = (
     "tokens-v2"  # v2: <s> before each document  # bump when the array layout changes, to invalidate old caches
 )
 _BATCH_SIZE = 256  # documents per batch encode
+
+
+def _size(num_bytes: int) -> str:
+    """``"1,234,567 bytes (1.2 MiB)"``."""
+    value, unit = float(num_bytes), "bytes"
+    for name in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, name
+    return f"{num_bytes:,} bytes" if unit == "bytes" else f"{num_bytes:,} bytes ({value:.1f} {unit})"
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` reports a full disk: an ``OSError`` with errno ENOSPC, or a library error wrapping one.
+
+    ``safetensors`` reports it as ``SafetensorError("... No space left on device (os error 28)")``, without errno.
+    """
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return f"os error {errno.ENOSPC}" in text or "No space left on device" in text
+
+
+def disk_full_error(path: str | Path, needed_bytes: int, hint: str = "") -> OSError:
+    """An ``OSError`` (errno ENOSPC) naming ``path``, the bytes its write needed and the bytes free on its disk.
+
+    Args:
+        path (str | Path): the file being written.
+        needed_bytes (int): the size of the whole write.
+        hint (str): where the user can point the write elsewhere, e.g. "set LMDISTILL_CACHE to a folder on
+            another disk".
+
+    Returns:
+        OSError: ``OSError(ENOSPC, message)``; ``str()`` gives ``"[Errno 28] no space left on device ..."``.
+    """
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = f"{_size(shutil.disk_usage(folder).free)} are free there"
+    except OSError:
+        free = "the free space could not be read"
+    return OSError(
+        errno.ENOSPC,
+        f"no space left on device while writing {path}: the write needs {_size(int(needed_bytes))} and {free}; "
+        f"free some space{' or ' + hint if hint else ''}, then run again (finished files are kept)",
+    )
+
+
+@contextmanager
+def raise_disk_full(path: str | Path, needed_bytes: int, hint: str = "") -> Iterator[None]:
+    """Turn a full-disk error raised in the block into ``disk_full_error(path, needed_bytes, hint)``."""
+    try:
+        yield
+    except Exception as err:
+        if is_disk_full(err):
+            raise disk_full_error(path, needed_bytes, hint) from None
+        raise
 
 
 def token_dtype(tokenizer: PreTrainedTokenizerFast) -> np.dtype:
@@ -91,8 +166,8 @@ def tokenize_documents(
     meta_path = path.with_suffix(".json")
     dtype = token_dtype(tokenizer)
     doc_start = () if tokenizer.bos_token_id is None else (tokenizer.bos_token_id,)
-    if path.is_file():
-        tokens = np.load(path, mmap_mode="r")
+    tokens = _open_cached(path) if path.is_file() else None
+    if tokens is not None:
         logger.info("token cache hit: %s (%d tokens, %d documents)", path, tokens.shape[0], len(documents))
     else:
         chunks: list[np.ndarray] = []
@@ -105,22 +180,61 @@ def tokenize_documents(
                 chunks.append(np.asarray(flat, dtype=dtype))
                 bar.update(len(batch))
         num_tokens = sum(chunk.shape[0] for chunk in chunks)
-        with atomic_path(path) as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(num_tokens,))
-            offset = 0
-            for chunk in chunks:
-                out[offset : offset + chunk.shape[0]] = chunk
-                offset += chunk.shape[0]
-            out.flush()
-            del out
+        _write_npy(path, chunks, dtype, num_tokens)
+        meta_path.unlink(missing_ok=True)  # a sidecar left beside a corrupt file that was just replaced
         tokens = np.load(path, mmap_mode="r")
         logger.info("tokenized %d documents into %d tokens: %s", len(documents), num_tokens, path)
     if not meta_path.is_file():  # also restores a sidecar lost to a crash between the two writes
         meta = {"num_tokens": int(tokens.shape[0]), "num_documents": len(documents), "dtype": str(tokens.dtype)}
-        write_json(meta_path, {**meta, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), "key": key})
+        with raise_disk_full(meta_path, 1024, _CACHE_HINT):
+            write_json(meta_path, {**meta, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), "key": key})
     return tokens
 
 
+_CACHE_HINT = "set LMDISTILL_CACHE (or pass cache_dir) to a folder on a disk with more room"
+
+
+def _open_cached(path: Path) -> np.ndarray | None:
+    """The cached array at ``path``, or None (with a warning naming it) when the file is not a readable 1-D array."""
+    try:
+        tokens = np.load(path, mmap_mode="r")
+        if tokens.ndim == 1:
+            return tokens
+        problem = f"a {tokens.ndim}-D array, expected 1-D"
+    except (OSError, ValueError, EOFError) as err:  # truncated, a bad header, not an .npy file
+        problem = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
+    logger.warning("token cache file %s is not a readable token array (%s); tokenizing again", path, problem)
+    return None
+
+
+def _write_npy(path: Path, chunks: Sequence[np.ndarray], dtype: np.dtype, num_tokens: int) -> None:
+    """Write ``chunks`` end to end as one 1-D ``.npy`` array at ``path``, atomically, with plain file writes.
+
+    Raises:
+        OSError: the disk is full (ENOSPC): the message names ``path`` and the bytes the file needs.
+    """
+    header = io.BytesIO()  # the same header as np.save / open_memmap write
+    fields = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (num_tokens,)}
+    np.lib.format.write_array_header_1_0(header, fields)
+    needed = len(header.getvalue()) + num_tokens * dtype.itemsize
+    with raise_disk_full(path, needed, _CACHE_HINT), atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(header.getvalue())
+            for chunk in chunks:
+                f.write(np.ascontiguousarray(chunk, dtype=dtype).data)
+
+
 def read_sidecar(path: Path) -> dict:
-    """Return the JSON sidecar of a token cache file ``path`` (``.npy`` or ``.json``)."""
-    return json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8"))
+    """Return the JSON sidecar of a token cache file ``path`` (``.npy`` or ``.json``).
+
+    Raises:
+        FileNotFoundError: there is no sidecar.
+        ValueError: the sidecar is not valid JSON (names the file).
+    """
+    sidecar = Path(path).with_suffix(".json")
+    try:
+        return json.loads(sidecar.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"token cache sidecar {sidecar} is not valid JSON ({err}); delete it to write it again"
+        ) from None

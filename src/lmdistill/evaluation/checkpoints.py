@@ -23,7 +23,7 @@ from lmdistill.atomic import write_json, write_text
 from lmdistill.evaluation.runner import evaluate_tasks, resolve_tasks
 from lmdistill.reporting.tasks import plot_tasks, task_table
 
-__all__ = ["evaluate_checkpoints", "model_names"]
+__all__ = ["TOKENIZER_FILES", "check_checkpoint_folder", "evaluate_checkpoints", "model_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +39,48 @@ def model_names(model_dirs: Sequence[str | os.PathLike[str]]) -> list[str]:
         depth += 1
 
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+)
+"""Files that hold a tokenizer's vocabulary; a folder with none of them has no tokenizer (``tokenizer_config.json``
+alone is not one: ``transformers`` 5 then builds an empty tokenizer that encodes every text to no tokens)."""
+
+
+def check_checkpoint_folder(model_dir: str | os.PathLike[str]) -> None:
+    """Refuse a folder that is not a Hugging Face checkpoint with its tokenizer, before any model is loaded.
+
+    Raises:
+        FileNotFoundError: no ``config.json``, or none of ``TOKENIZER_FILES`` (names the folder and what is expected).
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"not a Hugging Face checkpoint folder (no config.json): {model_dir}")
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{model_dir} has no tokenizer files: expected tokenizer.json (or a vocabulary file: "
+            f"{', '.join(TOKENIZER_FILES[1:])}) beside config.json, as saving the tokenizer with save_pretrained "
+            "writes; a run's models/<name>/final/ folders have one, checkpoints/step-N/ folders do not: evaluate "
+            "final/, or copy the run's tokenizer/ files into the folder"
+        )
+
+
 def _load(model_dir: Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"not a Hugging Face checkpoint folder (no config.json): {model_dir}")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    check_checkpoint_folder(model_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except Exception as err:  # a truncated tokenizer.json, a missing sentencepiece, ...: one line naming the folder
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        raise ValueError(
+            f"{model_dir}: its tokenizer files do not load ({type(err).__name__}: {reason}); expected a tokenizer "
+            "saved with save_pretrained beside the model"
+        ) from None
     return AutoModelForCausalLM.from_pretrained(model_dir).eval(), tokenizer
 
 
@@ -76,8 +112,9 @@ def evaluate_checkpoints(
 
     Raises:
         KeyError: an unknown task (the message lists the tasks) or backend.
-        FileNotFoundError: a folder that is not a checkpoint, or missing task data (names the path).
-        ValueError: malformed task data (names ``file:line``); no model folders.
+        FileNotFoundError: a folder that is not a checkpoint or has no tokenizer files, or missing task data (names
+            the path).
+        ValueError: malformed task data (names ``file:line``); no model folders; tokenizer files that do not load.
         ImportError: ``backend="harness"`` without lm-eval installed.
     """
     import torch
@@ -88,8 +125,7 @@ def evaluate_checkpoints(
         raise KeyError(f"Unknown backend {backend!r}. Known: harness, lmdistill")
     specs = resolve_tasks(tasks)
     for model_dir in model_dirs:  # fail before spending time on the first model
-        if not (Path(model_dir) / "config.json").is_file():
-            raise FileNotFoundError(f"not a Hugging Face checkpoint folder (no config.json): {model_dir}")
+        check_checkpoint_folder(model_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     # the user's task files (not the packaged ones) are recorded with each result: which file defined the task
     task_files = {s.name: s.origin for s in specs if s.definition is not None and not s.definition.packaged}

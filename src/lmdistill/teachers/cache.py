@@ -4,7 +4,8 @@ Layout of a cache folder::
 
     spec.json                  what the cache was built for (written first; a resumed build must match it)
     shard-00000.safetensors    blocks [0, S): log_probs (S, T, k), ids (S, T, k), log_tail (S, T)
-    shard-00000.json           that shard's byte count and SHA-256, written after the shard (it marks it done)
+    shard-00000.json           that shard's byte count, SHA-256 and the spec it was built for, written after the
+                               shard (it marks it done, for that spec only)
     ...
     manifest.json              spec + every shard's checksum + sizes; written last, when every shard is done
 
@@ -16,10 +17,16 @@ when V <= 65,536, else int32) and the log of the remaining mass (float32). At k 
 documented there).
 
 A build is split into shards that are written atomically (temporary file, then rename) and each marked done by a
-sidecar holding its checksum, so an interrupted build resumes at the first missing shard, and several processes
-(ranks) build disjoint shards (shard ``s`` belongs to rank ``s % world_size``). Opening a cache compares its
-manifest with the run (teacher weights, tokenizer, token data, block size, k, dtype, temperature, ensemble rule)
-and every shard's size and SHA-256 with the manifest.
+sidecar holding its checksum and the spec it was built under, so an interrupted build resumes at the first missing
+shard, and several processes (ranks) build disjoint shards (shard ``s`` belongs to rank ``s % world_size``). A shard
+whose sidecar records another spec (or none) is built again, so shards left by a build for other settings are never
+taken into this one, even when ``spec.json`` is gone; temporaries (``.shard-*.tmp``) left by a killed build are
+removed when a build starts or resumes (once a minute old). A full disk while writing a shard is an ``OSError``
+(ENOSPC) naming the shard and the space it needs.
+
+Opening a cache compares its manifest with the run (teacher weights, tokenizer, token data, block size, k, dtype,
+temperature, ensemble rule) and every shard's size and SHA-256 with the manifest. An unreadable manifest or shard
+is a ``CacheCorruptError`` that names the file and what was expected.
 """
 
 from __future__ import annotations
@@ -28,22 +35,24 @@ import hashlib
 import json
 import logging
 import math
+import re
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from lmdistill.atomic import atomic_path, write_json
 from lmdistill.data.blocks import BlockDataset
+from lmdistill.data.tokens import raise_disk_full
 from lmdistill.distributed import process_state
 from lmdistill.losses.topk import TopKTeacher, topk_teacher
 from lmdistill.teachers.ensemble import TeacherEnsemble
@@ -61,6 +70,7 @@ __all__ = [
     "ensure_cache",
     "finalize_cache",
     "model_fingerprint",
+    "read_manifest",
 ]
 
 log = logging.getLogger(__name__)
@@ -85,7 +95,10 @@ class CacheIncompleteError(FileNotFoundError):
 
 
 class CacheCorruptError(RuntimeError):
-    """A shard is missing, truncated or does not match its recorded checksum."""
+    """A shard or cache file is unreadable, truncated, missing, lacks a key or does not match its checksum.
+
+    The message names the file (a shard, ``manifest.json`` or ``spec.json``) and what was expected.
+    """
 
 
 def _sha256_file(path: Path) -> str:
@@ -179,9 +192,18 @@ class CacheSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CacheSpec:
-        """Inverse of ``asdict``; unknown keys are ignored (the manifest holds more than the spec)."""
-        names = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        """Inverse of ``asdict``; unknown keys are ignored (the manifest holds more than the spec).
+
+        Raises:
+            KeyError: a required field is missing (the message lists them).
+        """
+        fields = cls.__dataclass_fields__
+        missing = [
+            n for n, f in fields.items() if n not in data and f.default is MISSING and f.default_factory is MISSING
+        ]
+        if missing:
+            raise KeyError(f"missing {', '.join(missing)}")
+        return cls(**{k: v for k, v in data.items() if k in fields})
 
 
 def _short(value: Any) -> str:
@@ -256,17 +278,87 @@ def _shard_name(shard: int) -> str:
     return f"shard-{shard:05d}"
 
 
-def _shard_done(folder: Path, shard: int) -> bool:
-    """The shard's sidecar exists and the shard file matches its recorded size and checksum."""
+def _read_json(path: Path, what: str) -> Any:
+    """Parsed JSON of a cache file; ``CacheCorruptError`` naming it when it is not valid JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CacheCorruptError(f"{what} {path} is not valid JSON ({err})") from None
+
+
+def _sidecar_problem(folder: Path, shard: int, spec: CacheSpec) -> tuple[str, dict[str, Any] | None]:
+    """Why the sidecar of ``shard`` does not mark it done for ``spec`` ("" when it does), and its record."""
     sidecar = folder / f"{_shard_name(shard)}.json"
+    if not sidecar.is_file():
+        return "no sidecar", None
+    try:
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return f"its sidecar {sidecar.name} is not valid JSON", None
+    if not isinstance(record, dict) or not {"bytes", "sha256", "first_block", "num_blocks"} <= record.keys():
+        return f"its sidecar {sidecar.name} lacks the shard's size and checksum", None
+    if not isinstance(record.get("spec"), dict):
+        return f"its sidecar {sidecar.name} records no spec (left by an older version or another build)", None
+    try:
+        diffs = CacheSpec.from_json(record["spec"]).differences(spec)
+    except (KeyError, TypeError) as err:
+        return f"its sidecar {sidecar.name} records an incomplete spec ({err})", None
+    if diffs:
+        return f"it was built for other settings ({'; '.join(diffs)})", None
+    return "", record
+
+
+def _shard_done(folder: Path, shard: int, spec: CacheSpec) -> bool:
+    """The shard's sidecar records ``spec`` and the shard file matches its recorded size and checksum."""
     path = folder / f"{_shard_name(shard)}.safetensors"
-    if not sidecar.is_file() or not path.is_file():
+    if not (folder / f"{_shard_name(shard)}.json").is_file() or not path.is_file():
         return False
-    record = json.loads(sidecar.read_text())
+    problem, record = _sidecar_problem(folder, shard, spec)
+    if problem:
+        log.warning("teacher cache: %s is not taken into this build: %s; building it again", path, problem)
+        return False
     if path.stat().st_size != record["bytes"] or _sha256_file(path) != record["sha256"]:
         log.warning("teacher cache: %s does not match its checksum; building it again", path)
         return False
     return True
+
+
+_TEMP = re.compile(r"^\.shard-(\d+)\.(?:safetensors|json)\..*\.tmp$")  # atomic_path: .<name>.<random>.tmp
+STALE_TEMP_AGE_S = 60.0
+"""A shard temporary untouched for this long is not being written (a write fills it within seconds of creating it)."""
+
+
+def _remove_stale_temporaries(folder: Path, spec: CacheSpec, rank: int, world_size: int) -> None:
+    """Delete the ``.shard-*.tmp`` files a killed build left behind.
+
+    Each rank deletes only its own shards' temporaries (another rank may be writing its own right now); rank 0 also
+    deletes those of shards outside this build and of names it cannot parse. A temporary modified in the last
+    ``STALE_TEMP_AGE_S`` seconds is left alone: another process building the same folder may be writing it.
+    """
+    stale = []
+    now = time.time()
+    for tmp in folder.glob(".shard-*.tmp") if folder.is_dir() else []:
+        match = _TEMP.match(tmp.name)
+        shard = int(match.group(1)) if match else None
+        if not (
+            (shard is not None and shard < spec.num_shards and shard % world_size == rank)
+            or (rank == 0 and (shard is None or shard >= spec.num_shards))
+        ):
+            continue
+        try:
+            if now - tmp.stat().st_mtime < STALE_TEMP_AGE_S:
+                continue
+            tmp.unlink()
+        except FileNotFoundError:  # renamed or removed by its writer meanwhile
+            continue
+        stale.append(tmp.name)
+    if stale:
+        log.info(
+            "teacher cache: removed %d temporary file(s) left by an interrupted build in %s: %s",
+            len(stale),
+            folder,
+            ", ".join(sorted(stale)[:3]) + (", ..." if len(stale) > 3 else ""),
+        )
 
 
 def _start_build(folder: Path, spec: CacheSpec, overwrite: bool) -> None:
@@ -275,7 +367,15 @@ def _start_build(folder: Path, spec: CacheSpec, overwrite: bool) -> None:
     if spec_path.exists() and overwrite:
         shutil.rmtree(folder)
     if spec_path.exists():
-        old = CacheSpec.from_json(json.loads(spec_path.read_text()))
+        data = _read_json(spec_path, "teacher cache spec")
+        try:
+            old = CacheSpec.from_json(data)
+        except (KeyError, TypeError, AttributeError) as err:
+            raise CacheCorruptError(
+                f"teacher cache spec {spec_path}: not a cache spec ({err}); delete it (the shards' sidecars record "
+                "their own spec, so finished shards of this spec are kept) or rebuild with `lmdistill cache-teacher "
+                "RECIPE --overwrite`"
+            ) from None
         diffs = old.differences(spec)
         if diffs:
             raise CacheMismatchError(
@@ -325,8 +425,9 @@ def build_cache(
     folder = Path(folder)
     if rank == 0:
         _start_build(folder, spec, overwrite)
+    _remove_stale_temporaries(folder, spec, rank, world_size)
     mine = [s for s in range(spec.num_shards) if s % world_size == rank]
-    todo = [s for s in mine if not _shard_done(folder, s)]
+    todo = [s for s in mine if not _shard_done(folder, s, spec)]
     if len(todo) < len(mine):
         log.info(
             "teacher cache: %d of this rank's %d shards already built; resuming", len(mine) - len(todo), len(mine)
@@ -353,21 +454,28 @@ def build_cache(
             bar.update(len(starts))
         arrays = {k: np.concatenate(v) for k, v in parts.items()}
         path = folder / f"{_shard_name(shard)}.safetensors"
-        with atomic_path(path) as tmp:
+        needed = sum(a.nbytes for a in arrays.values()) + 1024  # + the safetensors header (a few hundred bytes)
+        with raise_disk_full(path, needed, _DISK_HINT), atomic_path(path) as tmp:
             save_file(arrays, str(tmp))  # no metadata: safetensors writes it in hash order, and shards must be stable
-        write_json(
-            folder / f"{_shard_name(shard)}.json",
-            {
-                "shard": shard,
-                "first_block": int(indices[0]),
-                "num_blocks": len(indices),
-                "bytes": path.stat().st_size,
-                "sha256": _sha256_file(path),
-                "rank": rank,
-            },
-        )
+        sidecar = folder / f"{_shard_name(shard)}.json"
+        with raise_disk_full(sidecar, 4096, _DISK_HINT):
+            write_json(
+                sidecar,
+                {
+                    "shard": shard,
+                    "first_block": int(indices[0]),
+                    "num_blocks": len(indices),
+                    "bytes": path.stat().st_size,
+                    "sha256": _sha256_file(path),
+                    "rank": rank,
+                    "spec": asdict(spec),
+                },
+            )
     bar.close()
     return todo
+
+
+_DISK_HINT = "set teachers.cache_dir to a folder on a disk with more room"
 
 
 def finalize_cache(folder: str | Path, spec: CacheSpec, build_time_s: float | None = None) -> dict[str, Any]:
@@ -377,20 +485,20 @@ def finalize_cache(folder: str | Path, spec: CacheSpec, build_time_s: float | No
         dict: the manifest.
 
     Raises:
-        CacheIncompleteError: a shard has no sidecar yet (names the first missing ones).
+        CacheIncompleteError: a shard has no sidecar for ``spec`` yet (names the first missing ones).
     """
     folder = Path(folder)
     shards, missing = [], []
     for s in range(spec.num_shards):
-        sidecar = folder / f"{_shard_name(s)}.json"
-        if not sidecar.is_file():
-            missing.append(_shard_name(s))
+        problem, record = _sidecar_problem(folder, s, spec)
+        if problem:
+            missing.append(_shard_name(s) if problem == "no sidecar" else f"{_shard_name(s)}: {problem}")
             continue
-        record = json.loads(sidecar.read_text())
         shards.append(
             {
                 "file": f"{_shard_name(s)}.safetensors",
-                **{k: record[k] for k in ("first_block", "num_blocks", "bytes", "sha256", "rank")},
+                **{k: record[k] for k in ("first_block", "num_blocks", "bytes", "sha256")},
+                "rank": record.get("rank"),
             }
         )
     if missing:
@@ -412,6 +520,78 @@ def finalize_cache(folder: str | Path, spec: CacheSpec, build_time_s: float | No
     return manifest
 
 
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """The manifest of the finished cache in ``folder``, checked for the keys a reader needs.
+
+    Raises:
+        CacheIncompleteError: no manifest (an unfinished or missing build).
+        CacheCorruptError: the manifest is not valid JSON, not a mapping, or lacks ``shards`` or a spec field (the
+            message names the manifest and the keys).
+        CacheMismatchError: the manifest is of another cache format.
+    """
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        done = len(list(folder.glob("shard-*.json"))) if folder.is_dir() else 0
+        raise CacheIncompleteError(
+            f"no finished teacher cache in {folder} (no {MANIFEST}; {done} shards built): build it with "
+            "`lmdistill cache-teacher RECIPE`, which resumes an interrupted build"
+        )
+    fix = (
+        f"delete {path} and run the build again (it finishes the cache from the shards already built, checking "
+        "each), or rebuild it with `lmdistill cache-teacher RECIPE --overwrite`"
+    )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CacheCorruptError(f"teacher cache manifest {path} is not valid JSON ({err}); {fix}") from None
+    if not isinstance(manifest, dict):
+        raise CacheCorruptError(
+            f"teacher cache manifest {path}: expected a JSON object, got {type(manifest).__name__}; {fix}"
+        )
+    if "format" in manifest and manifest["format"] != CACHE_FORMAT:
+        raise CacheMismatchError(f"{path}: cache format {manifest.get('format')}, this version reads {CACHE_FORMAT}")
+    missing = [k for k in ("shards", "format") if k not in manifest]
+    try:
+        CacheSpec.from_json(manifest)
+    except KeyError as err:
+        missing += str(err.args[0]).removeprefix("missing ").split(", ")
+    if missing:
+        raise CacheCorruptError(
+            f"teacher cache manifest {path} has no {', '.join(repr(k) for k in missing)} "
+            f"key{'s' if len(missing) > 1 else ''} (expected the spec fields and 'shards', the list of shard "
+            f"files with their sizes and SHA-256); {fix}"
+        )
+    try:
+        expected = CacheSpec.from_json(manifest).num_shards
+    except (TypeError, ZeroDivisionError):
+        expected = None
+    if expected is None or not isinstance(manifest["shards"], list) or len(manifest["shards"]) != expected:
+        want = f"{expected} shards" if expected else "ceil(num_blocks / shard_blocks) shards"
+        raise CacheCorruptError(
+            f"teacher cache manifest {path}: 'shards' should be a list of {want}, got {manifest['shards']!r:.60}; "
+            f"{fix}"
+        )
+    return manifest
+
+
+def _open_shard(path: Path) -> Any:
+    """``safe_open`` of a shard, checked for its three arrays; ``CacheCorruptError`` naming the file otherwise."""
+    fix = "rebuild the cache with `lmdistill cache-teacher RECIPE --overwrite`"
+    try:
+        handle = safe_open(str(path), framework="np")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CacheCorruptError(
+            f"teacher cache shard {path} is not a readable safetensors file ({err}: truncated or corrupted); {fix}"
+        ) from None
+    keys = set(handle.keys())
+    if keys != {"log_probs", "ids", "log_tail"}:
+        raise CacheCorruptError(
+            f"teacher cache shard {path} holds {sorted(keys)}, expected log_probs, ids and log_tail; {fix}"
+        )
+    return handle
+
+
 class TeacherCache:
     """A finished cache, opened for reading: the offline teacher of a distillation run.
 
@@ -427,7 +607,7 @@ class TeacherCache:
         self.folder = folder
         self.manifest = manifest
         self.spec = CacheSpec.from_json(manifest)
-        self._shards = [safe_open(str(folder / s["file"]), framework="np") for s in manifest["shards"]]
+        self._shards = [_open_shard(folder / s["file"]) for s in manifest["shards"]]
 
     @classmethod
     def open(cls, folder: str | Path, expected: CacheSpec | None = None, *, verify: bool = True) -> TeacherCache:
@@ -444,18 +624,7 @@ class TeacherCache:
             CacheCorruptError: a shard is missing, has the wrong size (truncated) or the wrong checksum.
         """
         folder = Path(folder)
-        path = folder / MANIFEST
-        if not path.is_file():
-            done = len(list(folder.glob("shard-*.json"))) if folder.is_dir() else 0
-            raise CacheIncompleteError(
-                f"no finished teacher cache in {folder} (no {MANIFEST}; {done} shards built): build it with "
-                "`lmdistill cache-teacher RECIPE`, which resumes an interrupted build"
-            )
-        manifest = json.loads(path.read_text())
-        if manifest.get("format") != CACHE_FORMAT:
-            raise CacheMismatchError(
-                f"{path}: cache format {manifest.get('format')}, this version reads {CACHE_FORMAT}"
-            )
+        manifest = read_manifest(folder)
         if expected is not None:
             diffs = CacheSpec.from_json(manifest).differences(expected)
             if diffs:
@@ -469,6 +638,11 @@ class TeacherCache:
 
     @staticmethod
     def _check_shard(folder: Path, shard: dict[str, Any], verify: bool) -> None:
+        if not isinstance(shard, dict) or not {"file", "bytes", "sha256"} <= shard.keys():
+            raise CacheCorruptError(
+                f"teacher cache manifest {folder / MANIFEST}: a 'shards' entry lacks 'file', 'bytes' or 'sha256' "
+                f"({str(shard)[:80]}); rebuild the cache with `lmdistill cache-teacher RECIPE --overwrite`"
+            )
         path = folder / shard["file"]
         if not path.is_file():
             raise CacheCorruptError(f"teacher cache shard {path} is missing (listed in {folder / MANIFEST})")
