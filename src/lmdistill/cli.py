@@ -312,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         ValueError,
         ImportError,
         CacheCorruptError,
+        OSError,  # e.g. a full disk: the message names the file and the space the write needed
     ) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)

@@ -20,7 +20,6 @@ split across the processes (``lmdistill.training``), and evaluation and the repo
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +54,7 @@ from lmdistill.methods.stages import (
     train_model_stage,
     weights_fingerprint,
 )
-from lmdistill.teachers.cache import TeacherCache, cache_spec, ensure_cache
+from lmdistill.teachers.cache import TeacherCache, cache_spec, ensure_cache, read_manifest
 from lmdistill.teachers.ensemble import TeacherEnsemble
 from lmdistill.training import evaluate_dev_loss
 
@@ -437,7 +436,7 @@ def _run_stages(
     )
     manifest = teacher_cache_dir(recipe, run_dir) / "manifest.json"
     if recipe.teachers.cache and manifest.is_file():
-        m = json.loads(manifest.read_text())
+        m = read_manifest(teacher_cache_dir(recipe, run_dir))
         out["entry"]["teacher_cache"] = {
             k: m[k] for k in ("top_k", "dtype", "bytes_per_token", "total_bytes", "build_time_s")
         }

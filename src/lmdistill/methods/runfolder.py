@@ -19,10 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lmdistill.atomic import write_json, write_text
-from lmdistill.config.schema import flatten, from_dict, to_dict, to_yaml
+from lmdistill.config.recipes import read_recipe_data
+from lmdistill.config.schema import ConfigError, flatten, from_dict, to_dict, to_yaml
 
 __all__ = [
     "Invocation",
@@ -57,7 +56,11 @@ def check_run_folder(recipe: Any, run_dir: Path, resume: bool) -> None:
             raise RunFolderError(
                 f"run folder {run_dir} already holds a run: resume it with --resume, or choose another --run-dir"
             )
-        old = flatten(to_dict(from_dict(type(recipe), yaml.safe_load(saved.read_text()))))
+        try:
+            old = flatten(to_dict(from_dict(type(recipe), read_recipe_data(saved))))
+        except ConfigError as err:
+            message = str(err)
+            raise ConfigError(message if message.startswith(str(saved)) else f"{saved}: {message}") from None
         new = flatten(to_dict(recipe))
         diffs = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         if diffs:

@@ -141,8 +141,16 @@ def prepare_corpus(
         for s in sources
     ]
     dev_tokens = np.concatenate([np.asarray(p) for p in dev_parts])
-    blocks = BlockDataset(train_tokens, data_cfg.block_size, seed=seed, random_offset=data_cfg.random_offset)
-    dev = dev_blocks(dev_tokens, data_cfg.block_size, data_cfg.dev_max_blocks)
+    names = [s.name for s in sources]
+    blocks = BlockDataset(
+        train_tokens,
+        data_cfg.block_size,
+        seed=seed,
+        random_offset=data_cfg.random_offset,
+        split="train",
+        sources=names,
+    )
+    dev = dev_blocks(dev_tokens, data_cfg.block_size, data_cfg.dev_max_blocks, sources=names)
     files = {str(p.relative_to(data_root)): file_sha256(p) for p in source_files(data_root, sources)}
     info = {
         "root": str(data_root),
