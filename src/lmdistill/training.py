@@ -3,8 +3,10 @@
 Read top to bottom: set up (optimizer, cosine schedule, resume) -> for each epoch, for each global batch: this
 process's micro-batches -> student forward, teacher forward (no grad) or cache lookup, objective, backward ->
 pre-step hooks (they can read the gradients) -> clip, step -> dev loss at each epoch end -> final checkpoint.
-Checkpoints are Hugging Face folders plus optimizer, scheduler and every process's RNG state, written atomically;
-a run resumed from one gives the same weights as an uninterrupted run (same seed, same machine).
+Checkpoints are Hugging Face folders plus optimizer, scheduler and every process's RNG state, written atomically
+and only from finite weights; a run resumed from one gives the same weights as an uninterrupted run (same seed, same
+machine). A resume first clears the temporaries of killed writes, then takes the newest checkpoint that loads (an
+older one when the newest is broken); metrics.jsonl is only appended to (``training_state.metric_records`` reads it).
 
 Normalisation: the loss of one optimizer step is the mean over the supervised tokens of the whole global batch,
 across micro-batches and processes. Each micro-batch's mean loss is weighted by its share of the global batch's
@@ -46,15 +48,19 @@ from lmdistill.models.families import FAMILIES, ModelFamily
 from lmdistill.teachers.cache import TeacherCache
 from lmdistill.teachers.ensemble import TeacherEnsemble
 from lmdistill.training_state import (
+    CheckpointError,
     MetricsLog,
-    latest_checkpoint,
-    load_checkpoint,
-    read_records,
+    any_process,
+    metric_records,
+    non_finite,
+    remove_stale_writes,
+    resume_checkpoint,
     save_checkpoint,
     save_objective,
 )
 
 __all__ = [
+    "CheckpointError",
     "NonFiniteLossError",
     "StepInfo",
     "TrainResult",
@@ -69,7 +75,7 @@ Source = BlockSource | ExampleSource
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; training stopped without saving, the last good checkpoint is kept."""
+    """The loss or the weights became NaN or inf; training stopped without saving, the last good checkpoint is kept."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -217,7 +223,8 @@ def train(
             distribution per block (``lmdistill.teachers.cache``; needs blocks without random offsets); needed when
             ``objective.needs_teacher``.
         tokenizer: saved beside the final weights.
-        resume (bool): continue from the latest checkpoint in ``out_dir`` when there is one.
+        resume (bool): continue from the newest checkpoint in ``out_dir`` that loads (a broken one is named in a
+            warning and the next older one tried).
         desc (str): progress-bar label.
         on_step (Callable[[int], None] | None): called after each optimizer step with the step number.
         pre_step_hooks (Sequence[PreStepHook]): called with a ``StepInfo`` after backward, before clipping and the
@@ -227,7 +234,9 @@ def train(
         TrainResult: final folder, steps, dev losses per epoch, training time over every invocation.
 
     Raises:
-        NonFiniteLossError: the loss became NaN/inf (message names the step and the last good checkpoint).
+        NonFiniteLossError: the loss, or the weights about to be saved, became NaN/inf (message names the step and
+            the last good checkpoint, which is finite; nothing non-finite is ever saved).
+        CheckpointError: ``resume`` and there are checkpoints, but none loads (message names each and why).
         TrainingInterrupted: Ctrl-C; a checkpoint of the last completed step was saved.
         ValueError: the objective needs a teacher and none was given; a cache with random block offsets, with
             feature terms or with examples instead of blocks; a batch that does not split evenly over processes and
@@ -261,6 +270,10 @@ def train(
             "loss.implementation=fused runs the model past its DDP wrapper: use 'chunked' with several processes"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:  # what writes killed mid-way (SIGKILL, OOM) left, before anything reads them
+        for action in remove_stale_writes(out_dir):
+            log.warning("%s: %s (left by an interrupted write)", desc, action)
+    accelerator.wait_for_everyone()
     num_steps = total_steps(source, cfg)
     if num_steps == 0:
         raise ValueError(f"the training data give no full batch of {cfg.batch_size}: lower batch_size")
@@ -284,13 +297,21 @@ def train(
     clipped = [*model.parameters(), *objective.parameters()]
 
     step, last_ckpt, time_before = 0, None, 0.0
-    if resume and (last_ckpt := latest_checkpoint(out_dir)) is not None:
-        step, time_before = load_checkpoint(last_ckpt, model, optimizer, scheduler, accelerator, objective)
+    if resume:  # the newest checkpoint that loads (warnings name the broken ones); none at all: a fresh start
+        last_ckpt, step, time_before = resume_checkpoint(
+            out_dir, model, optimizer, scheduler, accelerator, objective, desc
+        )
+    if last_ckpt is not None:
         log.info("%s: resumed from %s (step %d of %d)", desc, last_ckpt, step, num_steps)
     elif rank:
         torch.manual_seed(torch.initial_seed() + 7919 * rank)  # every process its own dropout masks
-    metrics = MetricsLog(out_dir, step, accelerator.is_main_process)
-    dev_by_epoch = {r["epoch"]: r["dev_loss"] for r in read_records(metrics.path) if r.get("event") == "dev"}
+    metrics = MetricsLog(out_dir, step, accelerator.is_main_process)  # appends a resume marker to an earlier log
+    # dev losses up to the resumed step only: later ones belong to steps that are redone (every rank reads the file)
+    dev_by_epoch = {
+        r["epoch"]: r["dev_loss"]
+        for r in metric_records(metrics.path)
+        if r.get("event") == "dev" and r.get("step", math.inf) <= step
+    }
     bar = tqdm(total=num_steps, initial=step, desc=desc, disable=None if accelerator.is_main_process else True)
     model.train()
 
@@ -350,7 +371,7 @@ def train(
                 loss, terms = objective(
                     student, batch.labels, teacher_logits, batch.attention_mask, teacher_outputs=teacher_outputs
                 )
-                if _any_process(accelerator, not math.isfinite(terms["loss"])):  # all processes stop, or none
+                if any_process(accelerator, not math.isfinite(terms["loss"])):  # all processes stop, or none
                     raise NonFiniteLossError(
                         f"{desc}: loss is {terms['loss']} at step {step + 1} (terms {terms}, rank {rank}); stopped. "
                         f"Last good checkpoint: {last_ckpt or 'none saved yet'}"
@@ -379,10 +400,24 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         return terms_sum
 
+    def check_finite(at_step: int) -> None:
+        """Before any save: NaN/inf weights (a finite loss can still give a NaN gradient) stop the run unsaved."""
+        named = [*model.named_parameters(), *((f"objective.{n}", p) for n, p in objective.named_parameters())]
+        bad = non_finite(named)
+        if any_process(accelerator, bool(bad)):  # all processes stop, or none
+            raise NonFiniteLossError(
+                f"{desc}: NaN or inf in the weights after step {at_step} ({', '.join(bad) or 'on another process'}, "
+                f"rank {rank}); stopped, nothing saved. Last good checkpoint: {last_ckpt or 'none saved yet'}"
+            )
+
     def save(at_step: int) -> Path:
+        check_finite(at_step)
         return save_checkpoint(out_dir, at_step, model, optimizer, scheduler, accelerator, objective, train_time())
 
-    window: dict[str, list[float]] = {}  # loss terms since the last metrics line, logged as their mean
+    # loss terms since the last metrics line, logged as their mean over `window_steps` steps: after a resume, the
+    # steps of this invocation only (those between the last record and the checkpoint were never logged)
+    window: dict[str, list[float]] = {}
+    window_steps = 0
     tokens_per_step = source.tokens_per_batch() if isinstance(source, BlockSource) else None
     try:
         with _InterruptFlag() as interrupt:
@@ -393,6 +428,7 @@ def train(
                 for rows in source.epoch_batches(epoch, skip=max(0, step - done_before)) if step < end else ():
                     terms = optimizer_step(rows)
                     step += 1
+                    window_steps += 1
                     for k, v in terms.items():
                         window.setdefault(k, []).append(v)
                     bar.update(1)
@@ -405,18 +441,20 @@ def train(
                             "epoch": round(epoch + (step - done_before) / epoch_steps, 4),
                             **{k: round(sum(v) / len(v), 6) for k, v in window.items()},
                             "lr": scheduler.get_last_lr()[0],
+                            "window_steps": window_steps,
                         }
                         if tokens_per_step:
                             record["tokens"] = step * tokens_per_step
                         metrics.write(record)
                         window.clear()
+                        window_steps = 0
                     if on_step is not None:
                         on_step(step)
                     if cfg.save_every_steps and step % cfg.save_every_steps == 0 and step < num_steps:
                         last_ckpt = save(step)
                     if step >= end:
                         break  # the epoch's dev loss comes before an interrupt is honoured
-                    if _any_process(accelerator, interrupt.set):  # Ctrl-C may reach processes at different steps
+                    if any_process(accelerator, interrupt.set):  # Ctrl-C may reach processes at different steps
                         path = save(step)
                         raise TrainingInterrupted(f"{desc}: interrupted at step {step}; checkpoint {path}", path)
                 if step == end and (epoch + 1) not in dev_by_epoch:
@@ -424,7 +462,7 @@ def train(
                 done_before += epoch_steps
                 if step >= num_steps:
                     break
-                if _any_process(accelerator, interrupt.set):
+                if any_process(accelerator, interrupt.set):
                     path = save(step)
                     raise TrainingInterrupted(f"{desc}: interrupted at step {step}; checkpoint {path}", path)
     finally:
@@ -434,6 +472,7 @@ def train(
     dev_losses = [dev_by_epoch[e] for e in sorted(dev_by_epoch)]
     final_dir = out_dir / "final"
     total_time = train_time()
+    check_finite(step)
     weights = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         with atomic_dir(final_dir) as tmp:
@@ -447,10 +486,3 @@ def train(
             )
     accelerator.wait_for_everyone()
     return TrainResult(final_dir, step, dev_losses, total_time)
-
-
-def _any_process(accelerator: Accelerator, flag: bool) -> bool:
-    """True when ``flag`` is True on any process (one all-reduce; no communication with a single process)."""
-    if accelerator.num_processes == 1:
-        return flag
-    return accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum").item() > 0
