@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     from lmdistill.config import ConfigError
     from lmdistill.methods.runfolder import RunFolderError
     from lmdistill.teachers.cache import CacheCorruptError
-    from lmdistill.training import NonFiniteLossError, TrainingInterrupted
+    from lmdistill.training import CheckpointError, NonFiniteLossError, TrainingInterrupted
 
     try:
         return args.handler(args)
@@ -312,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         ValueError,
         ImportError,
         CacheCorruptError,
+        CheckpointError,
         OSError,  # e.g. a full disk: the message names the file and the space the write needed
     ) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err

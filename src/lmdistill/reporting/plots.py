@@ -80,7 +80,10 @@ def _curves(results: dict[str, Any], run_dir: Path, path: Path, colors: dict[str
         if model.get("metrics_file"):
             metrics_path = run_dir / model["metrics_file"]
             if metrics_path.is_file():
-                records = read_metrics(metrics_path)
+                # the effective records: after a resume, a step's later record replaces the earlier one
+                from lmdistill.training_state import metric_records
+
+                records = metric_records(metrics_path)
             else:
                 logger.warning("metrics file of %s not found: %s", name, metrics_path)
         train = [r for r in records if r.get("event", "train") == "train" and _number(r.get("step"))]
