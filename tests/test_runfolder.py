@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 import lmdistill.methods.babyllama as babyllama
 from lmdistill.cli import main
-from lmdistill.methods.runfolder import LOCK_FILE, RECORD_FILE, run_lock, stage_outputs
+from lmdistill.methods.runfolder import LOCK_FILE, RECORD_FILE, remove_stale_temporaries, run_lock, stage_outputs
 
 
 class Stop(Exception):
@@ -159,6 +159,9 @@ def test_a_folder_with_a_finished_stage_keeps_its_recipe(run_args, stages, capsy
     assert main(["run", "babyllama-smoke", *where, "--resume", "student.train.lr=1e-3"]) == 2
     err = capsys.readouterr().err
     assert "student.train.lr (started with 0.002, now 0.001)" in err and "models/gpt2-teacher/final" in err
+    (run_dir / "recipe.yaml").unlink()  # by hand: nothing says any more what the teacher was made with
+    assert main(["run", "babyllama-smoke", *where]) == 2
+    assert "holds models/gpt2-teacher/final but no recipe.yaml" in capsys.readouterr().err
     assert len(stages.calls) == 1
 
 
@@ -170,6 +173,20 @@ def test_a_folder_of_an_older_version_is_resumed_and_gets_its_record(run_args, s
         main(["run", "--resume", *where])
     record = json.loads((run_dir / RECORD_FILE).read_text())
     assert record["data_files"] and record["recipe"]["name"] == "babyllama-smoke"
+
+
+def test_a_resume_removes_what_a_killed_writer_left_under_temporary_names(run_args, stages):
+    run_dir, where = run_args
+    _start(run_dir, where, stages)
+    half = run_dir / "models" / "gpt2-teacher" / "checkpoints" / ".step-0000005.k9x2.tmp"
+    half.mkdir(parents=True)
+    (half / "model.safetensors").write_bytes(b"\0" * 10)
+    (run_dir / ".results.json.a1b2.tmp").write_text("{")
+    assert remove_stale_temporaries(run_dir) == []  # not without the folder's lock: a writer may be at work
+    with pytest.raises(Stop):
+        main(["run", "--resume", *where])
+    assert not half.parent.exists() or not list(half.parent.iterdir())
+    assert not list(run_dir.rglob("*.tmp"))
 
 
 def test_a_full_disk_leaves_no_half_written_record_and_says_what_to_do(run_args, stages, monkeypatch, capsys):

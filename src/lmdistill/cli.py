@@ -391,20 +391,17 @@ def _resume_command(args: argparse.Namespace) -> str:
 
 
 def _run_folder_hint(args: argparse.Namespace) -> str:
-    """After a run failed: what its folder holds and what to do."""
+    """After a run failed before any of its stages produced something: how to run it again."""
     run_dir = getattr(args, "resolved_run_dir", None)
     if run_dir is None or not (Path(run_dir) / "recipe.yaml").is_file():
         return ""
     from lmdistill.methods.runfolder import stage_outputs
 
-    if not stage_outputs(Path(run_dir)):
-        return (
-            f"\nNothing has been trained in {run_dir} yet: fix the recipe, overrides or files and run the same "
-            "command again; the folder starts again with the corrected recipe (no need to delete it)"
-        )
+    if stage_outputs(Path(run_dir)):
+        return ""  # its stages' outputs are kept; the error says what to fix
     return (
-        f"\n{run_dir} keeps its finished stages and checkpoints: once the cause is fixed, continue with "
-        f"{_resume_command(args)} (a resume must use the recipe and data the run started with)"
+        f"\nNothing has been trained in {run_dir} yet: fix the recipe, overrides or files and run the same "
+        "command again; the folder starts again with the corrected recipe (no need to delete it)"
     )
 
 

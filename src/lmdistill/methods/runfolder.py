@@ -6,6 +6,7 @@
     RUN/run.json           what the folder was started with: recipe.yaml's SHA-256, the resolved recipe and the
                            SHA-256 of every data file; every resume is checked against it, however it is invoked
     RUN/.lock              held (``flock``) by the one process that runs in the folder; holds that process's PID
+                           (the holder also removes what killed writers left under temporary names)
     RUN/invocations.jsonl  one line per ``lmdistill run`` invocation that ended (start, seconds, outcome)
     RUN/results.json       recipe, versions, data provenance, per-model results; written by the method's last stage
 
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import socket
 import sys
 import time
@@ -49,6 +51,7 @@ __all__ = [
     "check_run_folder",
     "clear_record",
     "record_recipe",
+    "remove_stale_temporaries",
     "results_payload",
     "run_lock",
     "stage_outputs",
@@ -60,7 +63,8 @@ log = logging.getLogger(__name__)
 
 RECORD_FILE = "run.json"
 LOCK_FILE = ".lock"
-_NOT_A_RUN_YET = {"tokenizer", RECORD_FILE, LOCK_FILE}  # what a first attempt may leave before recipe.yaml
+# what attempts that failed before recording a recipe may leave (with ``models/`` holding no stage output)
+_NOT_A_RUN_YET = {"tokenizer", "models", "invocations.jsonl", RECORD_FILE, LOCK_FILE}
 
 
 class RunFolderError(RuntimeError):
@@ -115,6 +119,11 @@ def check_run_folder(
     """
     saved = run_dir / "recipe.yaml"
     if not saved.exists():
+        if stage_outputs(run_dir):  # only a hand can remove it: nothing says what these outputs were made with
+            raise RunFolderError(
+                f"{run_dir} holds {', '.join(stage_outputs(run_dir)[:4])} but no recipe.yaml, so nothing says what "
+                "they were made with: put its recipe.yaml back, or choose another --run-dir"
+            )
         if resume and run_dir.exists() and any(p.name not in _NOT_A_RUN_YET for p in run_dir.iterdir()):
             raise RunFolderError(f"--resume: {run_dir} has no recipe.yaml, so it is not a run folder")
         return False
@@ -230,6 +239,8 @@ def record_recipe(recipe: Any, run_dir: Path, data_files: dict[str, str | None] 
         "data_files": data_files,
         "recorded": _iso(time.time()),
     }
+    if saved.exists():
+        log.info("%s: a folder of an earlier lmdistill; recording what it runs with in %s", run_dir, RECORD_FILE)
     write_json(run_dir / RECORD_FILE, record)  # first: a recipe.yaml always has its record
     if not saved.exists():
         write_text(saved, text)
@@ -270,11 +281,37 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         error = box[0]
     if error is not None:
         raise RunFolderError(error)
+    _HELD.add(Path(run_dir).resolve())
     try:
         yield
     finally:
+        _HELD.discard(Path(run_dir).resolve())
         if held is not None:
             _release(*held)
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[str]:
+    """Remove what killed writers left under temporary names (``.NAME.XXXX.tmp``, see ``lmdistill.atomic``).
+
+    Only while this process holds the folder's lock (``run_lock``), when no other writer can be at work there, and
+    before any stage starts; does nothing otherwise. Returns the removed paths, relative to ``run_dir``.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.resolve() not in _HELD or not process_state().is_main_process:
+        return []
+    found = list(run_dir.rglob(".*.tmp"))
+    stale = [p for p in found if not any(q.name.endswith(".tmp") for q in p.relative_to(run_dir).parents)]
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if stale:
+        log.info("%s: removed %d temporary file(s) of an earlier, killed process", run_dir, len(stale))
+    return [str(p.relative_to(run_dir)) for p in stale]
+
+
+_HELD: set[Path] = set()  # run folders whose lock this process holds
 
 
 def _acquire(run_dir: Path) -> tuple[int | None, Path, bool]:

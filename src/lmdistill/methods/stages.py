@@ -30,7 +30,7 @@ from lmdistill.data.tokens import tokenize_documents
 from lmdistill.distributed import process_state
 from lmdistill.evaluation.runner import evaluate_tasks, task_specs
 from lmdistill.losses.objective import DistillationObjective
-from lmdistill.methods.runfolder import check_run_folder, clear_record, record_recipe
+from lmdistill.methods.runfolder import check_run_folder, clear_record, record_recipe, remove_stale_temporaries
 from lmdistill.models import build_model, count_parameters, load_model, load_model_tokenizer
 from lmdistill.teachers.cache import model_fingerprint
 from lmdistill.training import evaluate_dev_loss, train
@@ -100,15 +100,15 @@ def prepare_run(
     files_now = data_files(root) if data_files is not None and recorded else None
     start_again = check_run_folder(recipe, run_dir, resume, files_now)
     state.wait_for_everyone()  # every rank has read the folder before rank 0 changes it
+    remove_stale_temporaries(run_dir)  # rank 0 under the folder's lock: half-written files of a killed process
     with state.main_process_first():  # the other ranks then load rank 0's tokenizer and token cache
         if start_again and state.is_main_process:
             clear_record(run_dir)  # so that the tokenizer of the earlier recipe or data is not reused
         data = prepare_data(root)
         if state.is_main_process:  # only now: a run that fails on bad data can simply be re-run
-            files = files_now if files_now is not None and not start_again else None
-            if files is None and data_files is not None:
-                files = data_files(root)
-            record_recipe(recipe, run_dir, files)
+            if (files_now is None or start_again) and data_files is not None:
+                files_now = data_files(root)
+            record_recipe(recipe, run_dir, files_now)  # a folder that has its record keeps it
     return root, data
 
 
