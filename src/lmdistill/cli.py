@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 __all__ = ["build_parser", "main"]
@@ -13,18 +16,12 @@ DEFAULT_RECIPE = "babyllama-cpu"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from lmdistill.config import load_recipe
     from lmdistill.methods import get_method
 
-    if args.resume and args.recipe is None and args.run_dir:  # resume a run folder with its own recipe
-        recipe_file = Path(args.run_dir) / "recipe.yaml"
-        if not recipe_file.is_file():
-            print(f"error: --resume {args.run_dir}: no recipe.yaml there, so it is not a run folder", file=sys.stderr)
-            return 2
-        recipe = load_recipe(str(recipe_file), args.overrides)
-    else:
-        recipe = load_recipe(args.recipe or DEFAULT_RECIPE, args.overrides)
-    run_dir = Path(args.run_dir or Path("runs") / recipe.name)
+    recipe = _run_recipe(args)
+    if recipe is None:
+        return 2
+    run_dir = args.resolved_run_dir = Path(args.run_dir or Path("runs") / recipe.name)
     print(f"lmdistill run: recipe {recipe.name} (method {recipe.method}), run folder {run_dir}")
     method = get_method(recipe.method)
     results = method.run(recipe, run_dir, data_root=args.data_root, resume=args.resume, cache_dir=args.cache_dir)
@@ -42,19 +39,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_cache_teacher(args: argparse.Namespace) -> int:
+def _run_recipe(args: argparse.Namespace):
+    """The recipe of ``run`` / ``cache-teacher``: the one named, else the run folder's, else the default.
+
+    The run folder's recipe.yaml is used when no recipe is named (with ``run --resume``, or ``cache-teacher``); the
+    run folder's checks then compare it with what the folder was started with. None after printing why there is
+    none.
+    """
     from lmdistill.config import load_recipe
+
+    resume = getattr(args, "resume", None)  # None: cache-teacher, which continues a folder when there is one
+    if resume is not False and args.recipe is None and args.run_dir:  # the run folder's own recipe
+        recipe_file = Path(args.run_dir) / "recipe.yaml"
+        if recipe_file.is_file():
+            return load_recipe(str(recipe_file), args.overrides)
+        if resume:
+            print(f"error: --resume {args.run_dir}: no recipe.yaml there, so it is not a run folder", file=sys.stderr)
+            return None
+    return load_recipe(args.recipe or DEFAULT_RECIPE, args.overrides)
+
+
+def _cmd_cache_teacher(args: argparse.Namespace) -> int:
     from lmdistill.distributed import process_state
     from lmdistill.methods.babyllama import NAME, build_teacher_cache
+    from lmdistill.methods.runfolder import run_lock
 
-    recipe = load_recipe(args.recipe or DEFAULT_RECIPE, args.overrides)
+    recipe = _run_recipe(args)
+    if recipe is None:
+        return 2
     if recipe.method != NAME:
         print(
             f"error: cache-teacher caches a Baby Llama ensemble; {recipe.name} has method {recipe.method}",
             file=sys.stderr,
         )
         return 2
-    run_dir = Path(args.run_dir or Path("runs") / recipe.name)
+    run_dir = args.resolved_run_dir = Path(args.run_dir or Path("runs") / recipe.name)
     state = process_state()
     if state.is_main_process:
         print(f"lmdistill cache-teacher: recipe {recipe.name}, run folder {run_dir}")
@@ -64,9 +83,10 @@ def _cmd_cache_teacher(args: argparse.Namespace) -> int:
                 "build and run with the override teachers.cache=true to distil from this cache",
                 file=sys.stderr,
             )
-    cache = build_teacher_cache(
-        recipe, run_dir, data_root=args.data_root, cache_dir=args.cache_dir, overwrite=args.overwrite
-    )
+    with run_lock(run_dir):  # no `lmdistill run` or second build in this folder meanwhile
+        cache = build_teacher_cache(
+            recipe, run_dir, data_root=args.data_root, cache_dir=args.cache_dir, overwrite=args.overwrite
+        )
     if state.is_main_process:
         m = cache.manifest
         print(
@@ -290,19 +310,20 @@ def main(argv: list[str] | None = None) -> int:
     from lmdistill.teachers.cache import CacheCorruptError
     from lmdistill.training import CheckpointError, NonFiniteLossError, TrainingInterrupted
 
+    terminated: list[int] = []
+    previous = _sigterm_as_ctrl_c(terminated)
     try:
         return args.handler(args)
     except TrainingInterrupted as err:
-        run_dir = getattr(args, "run_dir", None) or "RUN_DIR"
-        print(f"\ninterrupted: {err}. Resume with: lmdistill run --resume --run-dir {run_dir}", file=sys.stderr)
-        return 130
+        print(f"\n{_stopped(terminated)}: {err}. Resume with: {_resume_command(args)}", file=sys.stderr)
+        return 143 if terminated else 130
     except KeyboardInterrupt:  # outside a training step, e.g. while building a teacher cache
         print(
-            "\ninterrupted. Finished stages, checkpoints and cache shards are kept: run the same command again "
-            "(with --resume for `run`) to continue",
+            f"\n{_stopped(terminated)}. Finished stages, checkpoints and cache shards are kept: continue with "
+            f"{_resume_command(args)}",
             file=sys.stderr,
         )
-        return 130
+        return 143 if terminated else 130
     except (
         ConfigError,
         RunFolderError,
@@ -316,8 +337,74 @@ def main(argv: list[str] | None = None) -> int:
         OSError,  # e.g. a full disk: the message names the file and the space the write needed
     ) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
+        hint = "" if isinstance(err, (ConfigError, RunFolderError)) else _run_folder_hint(args)
+        print(f"error: {message}{hint}", file=sys.stderr)
         return 2 if not isinstance(err, NonFiniteLossError) else 3
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(
+            f"error: {err}: the disk is full. Every file is written under a temporary name and then renamed, so the "
+            "checkpoints, models and results already there are whole; free some space and continue with "
+            f"{_resume_command(args)}",
+            file=sys.stderr,
+        )
+        return 4
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_as_ctrl_c(terminated: list[int]):
+    """Make SIGTERM (a scheduler's or `kill`'s stop) go the way of Ctrl-C.
+
+    At the next step boundary training saves a checkpoint and stops cleanly; elsewhere a KeyboardInterrupt stops
+    the command. Returns the handler it replaced (None off the main thread, where signals cannot be handled).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_sigterm(signum, frame) -> None:
+        terminated.append(signum)
+        handler = signal.getsignal(signal.SIGINT)  # training's Ctrl-C flag, or Python's KeyboardInterrupt
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _stopped(terminated: list[int]) -> str:
+    return "terminated (SIGTERM)" if terminated else "interrupted"
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command that continues this run: its folder (which holds the recipe) and its data and cache options."""
+    run_dir = getattr(args, "resolved_run_dir", None) or getattr(args, "run_dir", None) or "RUN_DIR"
+    if args.command == "cache-teacher":
+        words = ["lmdistill cache-teacher", f"--run-dir {run_dir}"]
+    else:
+        words = ["lmdistill run --resume", f"--run-dir {run_dir}"]
+    for option in ("data_root", "cache_dir"):
+        if getattr(args, option, None):
+            words.append(f"--{option.replace('_', '-')} {getattr(args, option)}")
+    return " ".join(words)
+
+
+def _run_folder_hint(args: argparse.Namespace) -> str:
+    """After a run failed before any of its stages produced something: how to run it again."""
+    run_dir = getattr(args, "resolved_run_dir", None)
+    if run_dir is None or not (Path(run_dir) / "recipe.yaml").is_file():
+        return ""
+    from lmdistill.methods.runfolder import stage_outputs
+
+    if stage_outputs(Path(run_dir)):
+        return ""  # its stages' outputs are kept; the error says what to fix
+    return (
+        f"\nNothing has been trained in {run_dir} yet: fix the recipe, overrides or files and run the same "
+        "command again; the folder starts again with the corrected recipe (no need to delete it)"
+    )
 
 
 if __name__ == "__main__":

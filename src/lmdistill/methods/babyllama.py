@@ -43,10 +43,12 @@ from lmdistill.distributed import process_state
 from lmdistill.evaluation.blimp import blimp_summary
 from lmdistill.evaluation.scoring import hf_logits_fn
 from lmdistill.losses.objective import DistillationObjective
-from lmdistill.methods.runfolder import Invocation, results_payload, write_results
+from lmdistill.methods.runfolder import Invocation, results_payload, run_lock, write_results
 from lmdistill.methods.stages import (
     CorpusData,
+    check_model_path,
     check_vocab_size,
+    corpus_file_hashes,
     evaluate_model,
     prepare_corpus,
     prepare_run,
@@ -248,13 +250,14 @@ def _device() -> torch.device:
 def prepare(
     recipe: BabyLlamaRecipe, run_dir: Path, data_root: Any, resume: bool, cache_dir: Any
 ) -> tuple[Path, CorpusData]:
-    """Check the run folder, prepare corpus, tokenizer and blocks (rank 0 first), record the recipe."""
+    """Check the run folder, prepare corpus, tokenizer and blocks (rank 0 first), record recipe and data files."""
     return prepare_run(
         recipe,
         run_dir,
         data_root,
         resume,
         lambda root: prepare_corpus(recipe.data, recipe.tokenizer, recipe.seed, run_dir, root, cache_dir),
+        lambda root: corpus_file_hashes(root, recipe.data.sources),
     )
 
 
@@ -264,7 +267,12 @@ def train_teachers(
     """Train (or load, or find already trained in the run folder) every teacher, in order.
 
     Their results entries (parameters, dev loss, training time) go into ``results``; returns name -> model.
+    Every teacher given by ``model.path`` is checked first (the path, and the run's tokenizer for one used as it
+    is), so that a bad path fails before any teacher trains and the run folder can simply be run again.
     """
+    for t in recipe.teachers.members:
+        if t.model.path is not None:
+            check_model_path(t.name, t.model, data if t.train is None else None)
     lm = DistillationObjective.language_modeling(recipe.loss.implementation)
     teachers = {}
     for t in recipe.teachers.members:
@@ -369,30 +377,32 @@ def run(
         dict: the results written to ``RUN/results.json``.
 
     Raises:
-        RunFolderError: the folder exists without ``resume`` or holds another recipe.
+        RunFolderError: the folder holds a run (without ``resume``), another recipe or other data files, or another
+            process runs in it (``RUN/.lock``).
         DataRootError, FileNotFoundError, ValueError: missing or empty data, tokenizer mismatch.
         NonFiniteLossError, TrainingInterrupted: from training (the last good checkpoint is kept).
     """
     from lmdistill.reporting.report import write_report
 
     run_dir = Path(run_dir)
-    invocation = Invocation(run_dir)
     main_process = process_state().is_main_process
-    outcome = "failed"
-    try:
-        payload = _run_stages(recipe, run_dir, invocation, data_root, resume, cache_dir)
-        outcome = "finished"
-    except KeyboardInterrupt:
-        outcome = "interrupted"
-        raise
-    except Exception as err:  # noqa: BLE001 - recorded, then raised again
-        outcome = "interrupted" if type(err).__name__ == "TrainingInterrupted" else "failed"
-        raise
-    finally:
-        if main_process and (run_dir / "recipe.yaml").exists():
-            invocation.end(outcome)
-    if main_process:
-        write_report(run_dir)
+    with run_lock(run_dir):  # one process per run folder, from the first check to the report
+        invocation = Invocation(run_dir)
+        outcome = "failed"
+        try:
+            payload = _run_stages(recipe, run_dir, invocation, data_root, resume, cache_dir)
+            outcome = "finished"
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+            raise
+        except Exception as err:  # noqa: BLE001 - recorded, then raised again
+            outcome = "interrupted" if type(err).__name__ == "TrainingInterrupted" else "failed"
+            raise
+        finally:
+            if main_process and (run_dir / "recipe.yaml").exists():
+                invocation.end(outcome)
+        if main_process:
+            write_report(run_dir)
     return payload
 
 

@@ -30,7 +30,7 @@ from lmdistill.data.tokens import tokenize_documents
 from lmdistill.distributed import process_state
 from lmdistill.evaluation.runner import evaluate_tasks, task_specs
 from lmdistill.losses.objective import DistillationObjective
-from lmdistill.methods.runfolder import check_run_folder, record_recipe
+from lmdistill.methods.runfolder import check_run_folder, clear_record, record_recipe, remove_stale_temporaries
 from lmdistill.models import build_model, count_parameters, load_model, load_model_tokenizer
 from lmdistill.teachers.cache import model_fingerprint
 from lmdistill.training import evaluate_dev_loss, train
@@ -38,7 +38,9 @@ from lmdistill.training import evaluate_dev_loss, train
 __all__ = [
     "CORPUS_NOTE",
     "CorpusData",
+    "check_model_path",
     "check_same_tokenizer",
+    "corpus_file_hashes",
     "default_cache_dir",
     "evaluate_model",
     "prepare_corpus",
@@ -69,8 +71,13 @@ def prepare_run(
     data_root: str | Path | None,
     resume: bool,
     prepare_data: Callable[[Path], D],
+    data_files: Callable[[Path], dict[str, str | None]] | None = None,
 ) -> tuple[Path, D]:
     """Check the run folder, prepare the data (rank 0 first, the others then read its caches), record the recipe.
+
+    The folder's record (``RUN/run.json``, then ``RUN/recipe.yaml``) is written only once the data are prepared,
+    so a run that fails on bad data leaves none; a folder whose stages have produced nothing yet starts again
+    with this recipe and data (``check_run_folder``).
 
     Args:
         recipe: the method's validated recipe.
@@ -78,22 +85,45 @@ def prepare_run(
         data_root (str | Path | None): the data root (``resolve_data_root``).
         resume (bool): continue the run in ``run_dir``.
         prepare_data (Callable[[Path], D]): the data root -> the method's data.
+        data_files (Callable | None): the data root -> SHA-256 of every data file the recipe reads, by path
+            relative to the root (None: missing); recorded when the run starts and checked on every resume.
 
     Returns:
         tuple: the data root and ``prepare_data``'s result.
 
     Raises:
-        RunFolderError: the folder holds another run (without ``resume``) or another recipe.
+        RunFolderError: the folder holds another run (without ``resume``), another recipe or other data.
     """
     state = process_state()
     root = resolve_data_root(data_root)
-    check_run_folder(recipe, run_dir, resume)
-    state.wait_for_everyone()  # before rank 0 writes recipe.yaml, which the check above reads
+    recorded = (run_dir / "recipe.yaml").exists()
+    files_now = data_files(root) if data_files is not None and recorded else None
+    start_again = check_run_folder(recipe, run_dir, resume, files_now)
+    state.wait_for_everyone()  # every rank has read the folder before rank 0 changes it
+    remove_stale_temporaries(run_dir)  # rank 0 under the folder's lock: half-written files of a killed process
     with state.main_process_first():  # the other ranks then load rank 0's tokenizer and token cache
+        if start_again and state.is_main_process:
+            clear_record(run_dir)  # so that the tokenizer of the earlier recipe or data is not reused
         data = prepare_data(root)
         if state.is_main_process:  # only now: a run that fails on bad data can simply be re-run
-            record_recipe(recipe, run_dir)
+            if (files_now is None or start_again) and data_files is not None:
+                files_now = data_files(root)
+            record_recipe(recipe, run_dir, files_now)  # a folder that has its record keeps it
     return root, data
+
+
+def corpus_file_hashes(data_root: Path, sources: list) -> dict[str, str | None]:
+    """SHA-256 of each corpus file (train and dev) of ``sources``, by path relative to the data root.
+
+    The keys are those of ``CorpusData.info["files"]``; a missing file is None (reading it reports it).
+    """
+    hashes: dict[str, str | None] = {}
+    for s in sources:
+        for split in ("train", "dev"):
+            name = f"corpus/{s.name}/{split}.txt"
+            path = Path(data_root) / name
+            hashes[name] = file_sha256(path) if path.is_file() else None
+    return hashes
 
 
 @dataclass
@@ -276,8 +306,29 @@ def pretrained_model_stage(name: str, model_cfg: ModelConfig, data: CorpusData, 
     return {"model": model, "entry": entry}
 
 
+def check_model_path(name: str, model_cfg: ModelConfig, data: CorpusData | None = None) -> None:
+    """A model's ``model.path`` must exist; with ``data`` it must also carry the run's tokenizer.
+
+    A local path is checked here, a Hub id when it loads. ``data`` is given for a model used as it is (no
+    training), which must share the run's tokenizer (``_check_saved_tokenizer``).
+
+    Raises:
+        FileNotFoundError: the local path does not exist (naming the model and the path).
+        ValueError: its tokenizer is missing or differs from the run's.
+    """
+    path = str(model_cfg.path)
+    if path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
+        raise FileNotFoundError(
+            f"{name}: model.path {path} does not exist: point it at a checkpoint folder (config.json and weights, "
+            "with the run's tokenizer files for a model used as it is) or at a Hugging Face Hub id"
+        )
+    if data is not None:
+        _check_saved_tokenizer(name, model_cfg, data)
+
+
 def _check_saved_tokenizer(name: str, model_cfg: ModelConfig, data: CorpusData) -> None:
     """A model loaded by path must carry the run's tokenizer; one saved without tokenizer files is refused."""
+    check_model_path(name, model_cfg)
     try:
         saved = load_model_tokenizer(model_cfg.path, gguf_file=model_cfg.gguf_file)
     except (FileNotFoundError, OSError, ValueError) as err:
