@@ -334,15 +334,15 @@ def main(argv: list[str] | None = None) -> int:
         ImportError,
         CacheCorruptError,
         CheckpointError,
-        OSError,  # e.g. a full disk: the message names the file and the space the write needed
     ) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         hint = "" if isinstance(err, (ConfigError, RunFolderError)) else _run_folder_hint(args)
         print(f"error: {message}{hint}", file=sys.stderr)
         return 2 if not isinstance(err, NonFiniteLossError) else 3
-    except OSError as err:
+    except OSError as err:  # other than a missing file (above): permissions, a full disk
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
+            print(f"error: {err}{_run_folder_hint(args)}", file=sys.stderr)
+            return 2
         print(
             f"error: {err}: the disk is full. Every file is written under a temporary name and then renamed, so the "
             "checkpoints, models and results already there are whole; free some space and continue with "
