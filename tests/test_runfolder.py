@@ -247,3 +247,32 @@ def test_sigterm_saves_a_checkpoint_like_ctrl_c_and_resumes_to_the_same_weights(
     a, b = load_file(full.final_dir / "model.safetensors"), load_file(resumed.final_dir / "model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+
+
+def test_a_teacher_trained_further_from_a_path_must_carry_the_runs_tokenizer(tmp_path, data_root, capsys):
+    """model.path with a train section is checked like one used as it is: tokenizer, not vocabulary size only."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmdistill.cli import main
+
+    teacher = tmp_path / "teacher"
+    LlamaForCausalLM(
+        LlamaConfig(vocab_size=512, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    ).save_pretrained(teacher)  # the run's vocabulary size, but no tokenizer files (as checkpoints/step-N/)
+    code = main(
+        [
+            "run",
+            "babyllama-smoke",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--data-root",
+            str(data_root),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            f"teachers.members.0.model.path={teacher}",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "gpt2-teacher" in err and str(teacher) in err and "no tokenizer" in err
+    assert not (tmp_path / "run" / "models" / "llama-teacher").exists()  # refused before any teacher trained

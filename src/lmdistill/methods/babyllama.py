@@ -267,12 +267,13 @@ def train_teachers(
     """Train (or load, or find already trained in the run folder) every teacher, in order.
 
     Their results entries (parameters, dev loss, training time) go into ``results``; returns name -> model.
-    Every teacher given by ``model.path`` is checked first (the path, and the run's tokenizer for one used as it
-    is), so that a bad path fails before any teacher trains and the run folder can simply be run again.
+    Every teacher given by ``model.path`` is checked first (the path, and that it carries the run's tokenizer,
+    whether it is used as it is or trained further), so that a bad path fails before any teacher trains and the
+    run folder can simply be run again.
     """
     for t in recipe.teachers.members:
         if t.model.path is not None:
-            check_model_path(t.name, t.model, data if t.train is None else None)
+            check_model_path(t.name, t.model, data)
     lm = DistillationObjective.language_modeling(recipe.loss.implementation)
     teachers = {}
     for t in recipe.teachers.members:
