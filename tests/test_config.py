@@ -208,6 +208,8 @@ def test_a_recipe_names_task_files_relative_to_itself(tmp_path, monkeypatch):
     from lmdistill.config import recipe_path
     from lmdistill.evaluation.tasks import TASKS
 
+    monkeypatch.setattr(TASKS, "_items", dict(TASKS._items))  # the registration ends with this test
+
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "cqa_tiny.yaml").write_text(
         "name: cqa_tiny\n"
