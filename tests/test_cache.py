@@ -16,7 +16,7 @@ from lmdistill.data.blocks import BlockDataset
 from lmdistill.losses import DistillationObjective
 from lmdistill.losses.topk import topk_teacher
 from lmdistill.models import build_model
-from lmdistill.teachers import TeacherEnsemble
+from lmdistill.teachers import TeacherEnsemble, cache_build
 from lmdistill.teachers import cache as cache_module
 from lmdistill.teachers.cache import (
     CacheCorruptError,
@@ -106,7 +106,7 @@ def test_interrupted_build_resumes_at_the_first_missing_shard(tmp_path, teachers
     blocks = _blocks()
     spec = _spec(teachers, blocks)
     ensemble = TeacherEnsemble(list(teachers.values()), "logits")
-    real_save = cache_module.save_file
+    real_save = cache_build.save_file
     calls = {"n": 0}
 
     def crash_on_third_shard(arrays, path):
@@ -115,10 +115,10 @@ def test_interrupted_build_resumes_at_the_first_missing_shard(tmp_path, teachers
             raise KeyboardInterrupt
         real_save(arrays, path)
 
-    monkeypatch.setattr(cache_module, "save_file", crash_on_third_shard)
+    monkeypatch.setattr(cache_build, "save_file", crash_on_third_shard)
     with pytest.raises(KeyboardInterrupt):
         build_cache(ensemble, blocks, spec, tmp_path / "cut", batch_size=3)
-    monkeypatch.setattr(cache_module, "save_file", real_save)
+    monkeypatch.setattr(cache_build, "save_file", real_save)
     assert not (tmp_path / "cut" / "manifest.json").exists()
     assert not list((tmp_path / "cut").glob(".*tmp")), "no half-written shard may be left behind"
     with pytest.raises(CacheIncompleteError, match="no finished teacher cache .* 2 shards built"):
@@ -260,7 +260,7 @@ def test_leftover_shards_of_another_spec_are_rebuilt_when_spec_json_is_gone(tmp_
     for name in ("spec.json", "manifest.json"):  # what a half-cleaned folder looks like: only the shards are left
         (tmp_path / "cache" / name).unlink()
     ensemble = TeacherEnsemble(list(teachers.values()), "logits")
-    with caplog.at_level("WARNING", logger="lmdistill.teachers.cache"):
+    with caplog.at_level("WARNING", logger="lmdistill.teachers"):
         assert build_cache(ensemble, blocks, new, tmp_path / "cache", batch_size=3) == list(range(new.num_shards))
     assert "shard-00000.safetensors is not taken into this build: it was built for other settings (top_k: cache 16, " \
         "run 8); building it again" in caplog.text  # fmt: skip
@@ -279,7 +279,7 @@ def test_shards_whose_sidecar_records_no_spec_are_rebuilt(tmp_path, teachers, ca
     _strip_spec_from_sidecars(tmp_path)  # as an older version (or a foreign build) wrote them
     with pytest.raises(CacheIncompleteError, match=r"6 of 6 shards are not built .*records no spec"):
         finalize_cache(tmp_path, spec)
-    with caplog.at_level("WARNING", logger="lmdistill.teachers.cache"):
+    with caplog.at_level("WARNING", logger="lmdistill.teachers"):
         assert build_cache(ensemble, blocks, spec, tmp_path, batch_size=3) == list(range(spec.num_shards))
     assert "shard-00002.json records no spec" in caplog.text and "building it again" in caplog.text
     finalize_cache(tmp_path, spec)
@@ -298,7 +298,7 @@ def test_stale_shard_temporaries_are_removed_when_a_build_starts_or_resumes(tmp_
         os.utime(tmp_path / name, (time.time() - 3600,) * 2)  # an hour old: not being written
     (tmp_path / ".shard-00003.safetensors.live.tmp").write_bytes(b"")  # just created: maybe another process's write
     (tmp_path / ".manifest.json.q1.tmp").write_text("{")  # not a shard temporary: left alone
-    with caplog.at_level("INFO", logger="lmdistill.teachers.cache"):
+    with caplog.at_level("INFO", logger="lmdistill.teachers"):
         assert build_cache(ensemble, blocks, spec, tmp_path, batch_size=3, rank=1, world_size=2) == [1, 3, 5]
     left = sorted(p.name for p in tmp_path.glob(".shard-*.tmp"))
     assert left == sorted([*stale[1:], ".shard-00003.safetensors.live.tmp"])  # rank 1 removes its old ones only

@@ -25,8 +25,7 @@ from lmdistill.data.tokenizer import load_tokenizer, save_tokenizer, train_token
 from lmdistill.data.tokens import tokenize_documents
 from lmdistill.evaluation.checkpoints import evaluate_checkpoints
 from lmdistill.models import build_model
-from lmdistill.teachers import TeacherEnsemble
-from lmdistill.teachers import cache as cache_module
+from lmdistill.teachers import TeacherEnsemble, cache_build
 from lmdistill.teachers.cache import CacheCorruptError, TeacherCache, build_cache, cache_spec, ensure_cache
 
 V, T = 64, 8
@@ -124,7 +123,7 @@ def test_a_full_disk_while_writing_a_shard_names_it_and_the_space_needed(tmp_pat
     def full(arrays, path):  # what safetensors raises on ENOSPC (it carries no errno)
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(cache_module, "save_file", full)
+    monkeypatch.setattr(cache_build, "save_file", full)
     with pytest.raises(OSError) as err:
         _cache(teachers, tmp_path)
     message = _one_line(err.value)
