@@ -143,3 +143,41 @@ def test_eval_bad_input_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
     assert main(["eval", "--list-tasks"]) == 0
     assert "mmlu" in capsys.readouterr().out
+
+
+def test_version_and_recipes_show_applies_its_overrides(capsys):
+    import lmdistill
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and lmdistill.__version__ in capsys.readouterr().out
+    assert main(["recipes", "show", "babyllama-smoke", "student.train.epochs=7"]) == 0
+    captured = capsys.readouterr()
+    assert "epochs: 7" in captured.out and "shown resolved" in captured.err
+
+
+def test_a_typo_in_an_override_is_reported_as_the_command_lines(tmp_path):
+    import yaml
+
+    from lmdistill.config import ConfigError, load_recipe, recipe_path
+
+    with pytest.raises(ConfigError, match=r"^command line \(override distillation\.temprature=3\): .*Did you mean"):
+        load_recipe("babyllama-smoke", ["distillation.temprature=3"])
+    # a typo in the file itself is still the file's, whatever the command line overrides
+    data = yaml.safe_load(recipe_path("babyllama-smoke").read_text())
+    data["distillation"]["temprature"] = 3.0
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"r\.yaml: distillation\.temprature: unknown key"):
+        load_recipe(str(tmp_path / "r.yaml"), ["student.train.epochs=3"])
+
+
+def test_recipes_ls_imports_no_torch_or_transformers():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from lmdistill.cli import main; rc = main(['recipes', 'ls']); "
+        "print(rc, 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "0 False False"

@@ -110,12 +110,12 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
         print(f"error: recipes {args.action} needs a recipe name or file", file=sys.stderr)
         return 2
     if args.action == "show":
-        print(
-            recipe_path(args.target).read_text(encoding="utf-8")
-            if not args.resolved
-            else to_yaml(load_recipe(args.target, args.overrides)),
-            end="",
-        )
+        if args.overrides and not args.resolved:  # the file as written cannot show them: resolve instead
+            print("note: overrides given, so the recipe is shown resolved (as --resolved)", file=sys.stderr)
+        if args.resolved or args.overrides:
+            print(to_yaml(load_recipe(args.target, args.overrides)), end="")
+        else:
+            print(recipe_path(args.target).read_text(encoding="utf-8"), end="")
         return 0
     from lmdistill.methods import get_method
 
@@ -196,6 +196,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", help="token cache folder (default: $LMDISTILL_CACHE, else ~/.cache/lmdistill)")
 
 
+def _version() -> str:
+    import lmdistill
+
+    return lmdistill.__version__
+
+
 def _methods_text() -> str:
     from lmdistill.methods import METHODS
 
@@ -209,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Knowledge distillation of language models: run recipes, inspect them, and report results.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser(
@@ -301,6 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("httpx", "urllib3", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if getattr(args, "action", None) == "ls":  # needs no model: no torch or transformers to import
+        from lmdistill.config import ConfigError
+
+        try:
+            return args.handler(args)
+        except (ConfigError, OSError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # per-save "Writing model shards" bars drown the run's own

@@ -124,7 +124,18 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Any:
         data = method.normalize_recipe(data)
         return from_dict(method.Recipe, data)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        source = _source_of(str(err), overrides or [])
+        raise ConfigError(f"{source or path}: {err}") from None
+
+
+def _source_of(message: str, overrides: list[str]) -> str | None:
+    """Where a recipe error comes from: ``command line (override K=V)`` when an override set its key, else None."""
+    failing = message.split(":", 1)[0].strip()
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key and (failing == key or failing.startswith(key + ".")):
+            return f"command line (override {item})"
+    return None
 
 
 def _absolute_task_files(data: dict[str, Any], base: Path) -> None:
