@@ -181,3 +181,27 @@ def test_recipes_ls_imports_no_torch_or_transformers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "0 False False"
+
+
+def test_a_data_root_without_evaluation_data_fails_before_training(tmp_path, data_root, capsys):
+    """recipes validate and run check the evaluation data too: a root without blimp/ fails before any training."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root / "corpus" / "childes", root / "corpus" / "childes")
+    shutil.copytree(data_root / "corpus" / "brown", root / "corpus" / "brown")
+    overrides = ["evaluation.tasks=[blimp]"]
+    assert main(["recipes", "validate", "babyllama-smoke", *overrides, "--data-root", str(root)]) == 1
+    assert "evaluation task blimp" in capsys.readouterr().err
+    run_dir = tmp_path / "run"
+    args = ["run", "babyllama-smoke", *overrides, "--run-dir", str(run_dir), "--data-root", str(root)]
+    assert main([*args, "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "evaluation task blimp" in capsys.readouterr().err
+    assert not list(run_dir.glob("models/*/final")) and not list(run_dir.glob("models/*/checkpoints/step-*"))
+
+
+def test_list_tasks_says_which_have_no_data(data_root, capsys):
+    assert main(["eval", "--list-tasks", "--data-root", str(data_root)]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines["hellaswag"].endswith("(no data under the data root)")  # not available offline
+    assert not lines["blimp"].endswith("(no data under the data root)")

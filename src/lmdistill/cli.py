@@ -158,11 +158,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.list_tasks:
+        from lmdistill.data.root import resolve_data_root
+        from lmdistill.evaluation.tasks import load_docs
+
+        try:
+            root = resolve_data_root(args.data_root)
+        except FileNotFoundError as err:
+            root, missing_root = None, str(err)
         for name in TASKS:
             spec = TASKS.get(name)
             line = f"{name:20s} {', '.join(spec.metrics):14s} {spec.description}"
             if spec.definition is not None and not spec.definition.packaged:
                 line += f" [{spec.origin}]"
+            try:
+                if root is None:
+                    raise FileNotFoundError(missing_root)
+                load_docs(spec, root, limit=1)
+            except (OSError, ValueError, KeyError):
+                line += " (no data under the data root)"
             print(line)
         return 0
     if not args.model_dirs:

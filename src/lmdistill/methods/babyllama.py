@@ -50,6 +50,7 @@ from lmdistill.methods.stages import (
     check_vocab_size,
     corpus_file_hashes,
     evaluate_model,
+    evaluation_data_problems,
     prepare_corpus,
     prepare_run,
     pretrained_model_stage,
@@ -411,6 +412,8 @@ def _run_stages(
     recipe: BabyLlamaRecipe, run_dir: Path, invocation: Invocation, data_root: Any, resume: bool, cache_dir: Any
 ) -> dict[str, Any]:
     root, data = prepare(recipe, run_dir, data_root, resume, cache_dir)
+    if problems := evaluation_data_problems(recipe.evaluation, root):  # before hours of training, not after
+        raise FileNotFoundError("; ".join(problems))
     main_process = process_state().is_main_process
     device = _device()
     results: dict[str, Any] = {}
@@ -475,7 +478,7 @@ def _run_stages(
 
 
 def validate_data(recipe: BabyLlamaRecipe, data_root: str | Path | None = None) -> list[str]:
-    """Check that every corpus file a recipe names exists under the data root; return the problems found."""
+    """Every data file the recipe will read: its corpus files and its evaluation tasks' data; the problems found."""
     try:
         root = resolve_data_root(data_root)
     except FileNotFoundError as err:
@@ -486,4 +489,4 @@ def validate_data(recipe: BabyLlamaRecipe, data_root: str | Path | None = None) 
             path = root / "corpus" / s.name / f"{split}.txt"
             if not path.is_file():
                 problems.append(f"missing corpus file: {path}")
-    return problems
+    return problems + evaluation_data_problems(recipe.evaluation, root)

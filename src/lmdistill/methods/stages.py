@@ -43,6 +43,7 @@ __all__ = [
     "corpus_file_hashes",
     "default_cache_dir",
     "evaluate_model",
+    "evaluation_data_problems",
     "prepare_corpus",
     "prepare_run",
     "pretrained_model_stage",
@@ -425,6 +426,23 @@ def evaluate_model(
         )
         write_json(cached, {"key": key, "tasks": done})
     return {s.name: done[s.name] for s in specs}
+
+
+def evaluation_data_problems(evaluation: EvaluationConfig, data_root: Path) -> list[str]:
+    """What is missing or malformed in the data of the recipe's evaluation tasks (empty: every task loads).
+
+    Each task reads its first item (of each BLiMP paradigm and MMLU subject), so a missing folder or file fails
+    here, before anything trains, rather than after the models are trained.
+    """
+    from lmdistill.evaluation.tasks import load_docs
+
+    problems = []
+    for spec in task_specs(evaluation):
+        try:
+            load_docs(spec, data_root, limit=1)
+        except (OSError, ValueError, KeyError) as err:
+            problems.append(f"evaluation task {spec.name}: {err}")
+    return problems
 
 
 def weights_fingerprint(model: Any) -> str:
