@@ -26,13 +26,15 @@ class Stop(Exception):
 
 @pytest.fixture
 def tiny_root(tmp_path, data_root):
-    """A data root with the smoke recipe's two sources, 400 lines of each split of the real corpus."""
+    """A data root with the smoke recipe's two sources (400 lines of each split) and the real evaluation data."""
     root = tmp_path / "data"
     for source in ("childes", "brown"):
         for split in ("train", "dev"):
             lines = (data_root / "corpus" / source / f"{split}.txt").read_text(encoding="utf-8").splitlines()
             (root / "corpus" / source).mkdir(parents=True, exist_ok=True)
             (root / "corpus" / source / f"{split}.txt").write_text("\n".join(lines[:400]) + "\n", encoding="utf-8")
+    for folder in ("blimp", "zero_shot"):  # the evaluation data, which a run checks before any stage
+        (root / folder).symlink_to(data_root / folder)
     return root
 
 
