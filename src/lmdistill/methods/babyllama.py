@@ -55,9 +55,8 @@ from lmdistill.methods.stages import (
     prepare_run,
     pretrained_model_stage,
     train_model_stage,
-    weights_fingerprint,
 )
-from lmdistill.teachers.cache import TeacherCache, cache_spec, ensure_cache, read_manifest
+from lmdistill.teachers.cache import TeacherCache, cache_spec, ensure_cache, model_fingerprint, read_manifest
 from lmdistill.teachers.ensemble import TeacherEnsemble
 from lmdistill.training import evaluate_dev_loss
 
@@ -252,13 +251,22 @@ def prepare(
     recipe: BabyLlamaRecipe, run_dir: Path, data_root: Any, resume: bool, cache_dir: Any
 ) -> tuple[Path, CorpusData]:
     """Check the run folder, prepare corpus, tokenizer and blocks (rank 0 first), record recipe and data files."""
+    hashes: dict[Path, dict[str, str | None]] = {}
+
+    def file_hashes(root: Path) -> dict[str, str | None]:  # hashed once: for the resume check and for results
+        if root not in hashes:
+            hashes[root] = corpus_file_hashes(root, recipe.data.sources)
+        return hashes[root]
+
     return prepare_run(
         recipe,
         run_dir,
         data_root,
         resume,
-        lambda root: prepare_corpus(recipe.data, recipe.tokenizer, recipe.seed, run_dir, root, cache_dir),
-        lambda root: corpus_file_hashes(root, recipe.data.sources),
+        lambda root: prepare_corpus(
+            recipe.data, recipe.tokenizer, recipe.seed, run_dir, root, cache_dir, file_hashes=file_hashes(root)
+        ),
+        file_hashes,
     )
 
 
@@ -459,7 +467,7 @@ def _run_stages(
 
     if not main_process:  # evaluation and the report are rank 0's
         return {"models": results}
-    fingerprints = {name: weights_fingerprint(m) for name, m in models.items()}
+    fingerprints = {name: model_fingerprint(m) for name, m in models.items()}
     scorers = {name: hf_logits_fn(m.to(device)) for name, m in models.items()}
     if "ensemble" in results:
         scorers["ensemble"] = ensemble  # (input_ids, attention_mask) -> averaged logits at T = 1

@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 from lmdistill.atomic import write_json
 from lmdistill.config.sections import DataConfig, EvaluationConfig, ModelConfig, TokenizerConfig, TrainConfig
 from lmdistill.data.blocks import BlockDataset, dev_block_indices, dev_blocks
-from lmdistill.data.corpus import file_sha256, load_corpus, source_files
+from lmdistill.data.corpus import file_sha256, load_corpus
 from lmdistill.data.root import resolve_data_root
 from lmdistill.data.tokenizer import load_tokenizer, save_tokenizer, tokenizer_fingerprint, train_tokenizer
 from lmdistill.data.tokens import tokenize_documents
@@ -31,8 +31,7 @@ from lmdistill.distributed import process_state
 from lmdistill.evaluation.runner import evaluate_tasks, task_specs
 from lmdistill.losses.objective import DistillationObjective
 from lmdistill.methods.runfolder import check_run_folder, clear_record, record_recipe, remove_stale_temporaries
-from lmdistill.models import build_model, count_parameters, load_model, load_model_tokenizer
-from lmdistill.teachers.cache import model_fingerprint
+from lmdistill.models import build_model, count_parameters, family_of, load_model, load_model_tokenizer
 from lmdistill.training import evaluate_dev_loss, train
 
 __all__ = [
@@ -144,11 +143,13 @@ def prepare_corpus(
     run_dir: Path,
     data_root: Path,
     cache_dir: str | Path | None,
+    file_hashes: dict[str, str | None] | None = None,
 ) -> CorpusData:
     """Read the corpus, train (or reuse) the run's BPE tokenizer, tokenize, cut training and dev blocks.
 
     Every document is ``<s> ... </s>`` in the token stream. The dev subset takes ``dev_max_blocks`` blocks evenly
-    spaced over the dev split (``DEV_RULE``); how many come from each source is recorded.
+    spaced over the dev split (``DEV_RULE``); how many come from each source is recorded. ``file_hashes`` are the
+    corpus files' SHA-256 if the caller has them already (``corpus_file_hashes``); else they are computed here.
 
     Raises:
         FileNotFoundError, ValueError: a missing or empty corpus file, a dev split shorter than one block.
@@ -182,7 +183,7 @@ def prepare_corpus(
         sources=names,
     )
     dev = dev_blocks(dev_tokens, data_cfg.block_size, data_cfg.dev_max_blocks, sources=names)
-    files = {str(p.relative_to(data_root)): file_sha256(p) for p in source_files(data_root, sources)}
+    files = file_hashes if file_hashes is not None else corpus_file_hashes(data_root, sources)
     info = {
         "root": str(data_root),
         "files": files,
@@ -292,10 +293,11 @@ def pretrained_model_stage(name: str, model_cfg: ModelConfig, data: CorpusData, 
     path = model_cfg.path
     _check_saved_tokenizer(name, model_cfg, data)
     model = load_model(path, family=model_cfg.family, gguf_file=model_cfg.gguf_file).to(device).eval()
+    family = family_of(model)
     check_vocab_size(name, model, data)
-    dev_loss = evaluate_dev_loss(lambda b: model(input_ids=b.input_ids.to(device)).logits, data.dev)
+    dev_loss = evaluate_dev_loss(lambda b: model(input_ids=b.input_ids.to(device)).logits, data.dev, family=family)
     entry = {
-        "family": "causal_lm",
+        "family": family.name,
         "arch": model.config.model_type,
         "num_parameters": count_parameters(model),
         "dev_loss": dev_loss,
@@ -443,8 +445,3 @@ def evaluation_data_problems(evaluation: EvaluationConfig, data_root: Path) -> l
         except (OSError, ValueError, KeyError) as err:
             problems.append(f"evaluation task {spec.name}: {err}")
     return problems
-
-
-def weights_fingerprint(model: Any) -> str:
-    """SHA-256 of a model's weights (``model_fingerprint``), the key of its cached evaluation."""
-    return model_fingerprint(model)
