@@ -202,6 +202,7 @@ def train(
     *,
     objective: DistillationObjective,
     teacher: TeacherEnsemble | TeacherCache | None = None,
+    feature_teacher: TeacherEnsemble | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
     resume: bool = True,
     desc: str = "train",
@@ -222,6 +223,9 @@ def train(
         teacher (TeacherEnsemble | TeacherCache | None): frozen teachers run at every step, or their cached top-k
             distribution per block (``lmdistill.teachers.cache``; needs blocks without random offsets); needed when
             ``objective.needs_teacher``.
+        feature_teacher (TeacherEnsemble | None): with a cached ``teacher``, the frozen teachers (possibly cut
+            after their matched layers, ``lmdistill.teachers.partial``) whose hidden states or attentions the
+            feature terms read at every step; their logits are not used.
         tokenizer: saved beside the final weights.
         resume (bool): continue from the newest checkpoint in ``out_dir`` that loads (a broken one is named in a
             warning and the next older one tried).
@@ -250,8 +254,13 @@ def train(
         raise ValueError("a teacher cache holds blocks of the block grid: train on a BlockSource")
     if cached and source.random_offset:
         raise ValueError("a teacher cache holds the fixed block grid: train on blocks without random_offset")
-    if cached and objective.feature_teachers:
-        raise ValueError("a teacher cache holds no hidden states or attentions: it cannot serve feature terms")
+    if cached and objective.feature_teachers and feature_teacher is None:
+        raise ValueError(
+            "a teacher cache holds no hidden states or attentions: feature terms need feature_teacher (the teachers "
+            "run online for their features)"
+        )
+    if feature_teacher is not None and not cached:
+        raise ValueError("feature_teacher is for a cached teacher; an online teacher gives its own features")
     start_time = time.time()
     mixed_precision = cfg.mixed_precision
     if mixed_precision != "no" and not torch.cuda.is_available():
@@ -285,16 +294,23 @@ def train(
     model.to(accelerator.device)
     if teacher is not None:
         teacher.to(accelerator.device)
-        objective.setup(model, [] if cached else teacher.teachers)  # feature terms: layer maps, projections
+        if feature_teacher is not None:
+            feature_teacher.to(accelerator.device)
+        feature_models = [] if cached else teacher.teachers
+        if feature_teacher is not None:
+            feature_models = feature_teacher.teachers
+        objective.setup(model, feature_models)  # feature terms: layer maps, projections
     # the objective's projections (if any) are trained with the student and saved with its checkpoints
-    optimizer = torch.optim.AdamW(
-        [*model.parameters(), *objective.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
+    # frozen parameters (an adapted teacher's body) are neither optimised nor decayed
+    trainable = [p for p in [*model.parameters(), *objective.parameters()] if p.requires_grad]
+    if not trainable:
+        raise ValueError(f"{desc}: the model has no parameter with requires_grad=True: nothing to train")
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, num_steps), num_steps)
     # the scheduler stays unprepared: Accelerate would step it once per process, our batches are split, not added
     model, optimizer = accelerator.prepare(model, optimizer)
     # after prepare: FSDP replaces the parameters by flat shards, so clip what the prepared model holds
-    clipped = [*model.parameters(), *objective.parameters()]
+    clipped = [p for p in [*model.parameters(), *objective.parameters()] if p.requires_grad]
 
     step, last_ckpt, time_before = 0, None, 0.0
     if resume:  # the newest checkpoint that loads (warnings name the broken ones); none at all: a fresh start
@@ -339,6 +355,16 @@ def train(
         metrics.write({"event": "dev", "step": step, "epoch": epoch, "dev_loss": dev_loss})
         log.info("%s: epoch %d, step %d, dev loss %.4f", desc, epoch, step, dev_loss)
 
+    def run_dev_step() -> None:
+        """The dev loss at this step (``eval_every_steps``), logged as a ``dev_step`` event with the tokens seen."""
+        model.eval()
+        dev_loss = dev_loss_all_ranks()
+        model.train()
+        record = {"event": "dev_step", "step": step, "dev_loss": dev_loss}
+        if tokens_per_step:
+            record["tokens"] = step * tokens_per_step
+        metrics.write(record)
+
     def optimizer_step(rows) -> dict[str, float]:
         """One optimizer step over a global batch (its row ids): this process's rows in micro-batches.
 
@@ -360,6 +386,13 @@ def train(
                 teacher_logits = teacher_outputs = None
                 if objective.needs_teacher and cached:
                     teacher_logits = teacher.lookup(batch.index.numpy()).to(accelerator.device)
+                    if feature_teacher is not None and objective.feature_teachers:
+                        _, teacher_outputs = feature_teacher.forward_features(
+                            batch.input_ids,
+                            batch.attention_mask,
+                            hidden_states=objective.needs_hidden_states,
+                            attentions=objective.needs_attentions,
+                        )
                 elif objective.needs_teacher:
                     teacher_logits, teacher_outputs = teacher.forward_features(
                         batch.input_ids,
@@ -420,6 +453,8 @@ def train(
     window_steps = 0
     tokens_per_step = source.tokens_per_batch() if isinstance(source, BlockSource) else None
     try:
+        if cfg.eval_every_steps and step == 0:
+            run_dev_step()  # where the curve starts
         with _InterruptFlag() as interrupt:
             done_before = 0  # optimizer steps in the epochs before `epoch`
             for epoch in range(cfg.epochs):
@@ -448,6 +483,8 @@ def train(
                         metrics.write(record)
                         window.clear()
                         window_steps = 0
+                    if cfg.eval_every_steps and step % cfg.eval_every_steps == 0 and step < num_steps:
+                        run_dev_step()
                     if on_step is not None:
                         on_step(step)
                     if cfg.save_every_steps and step % cfg.save_every_steps == 0 and step < num_steps:

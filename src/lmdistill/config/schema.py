@@ -73,6 +73,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         check(isinstance(value, list), key, f"expected a list, got {type(value).__name__}")
         (item_tp,) = typing.get_args(inner)
         return [_convert(v, item_tp, f"{key}.{i}") for i, v in enumerate(value)]
+    if origin is dict:
+        check(isinstance(value, dict), key, f"expected a mapping, got {type(value).__name__}")
+        key_tp, value_tp = typing.get_args(inner)
+        return {_convert(k, key_tp, f"{key}.{k}"): _convert(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if origin is Literal:
         choices = typing.get_args(inner)
         check(value in choices, key, f"must be one of {list(choices)}, got {value!r}")

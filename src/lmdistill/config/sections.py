@@ -184,6 +184,9 @@ class TrainConfig:
     """Save a resumable checkpoint every N optimizer steps (0 = only at the end and on Ctrl-C)."""
     log_every_steps: int = 10
     """Write metrics every N optimizer steps."""
+    eval_every_steps: int = 0
+    """Also compute the dev loss every N optimizer steps (and before the first), logged as ``dev_step`` events
+    with the tokens seen: a learning curve finer than one point per epoch. 0 = only after each epoch."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (the schedule is sized for it); None = epochs x steps per epoch."""
 
@@ -209,6 +212,7 @@ class TrainConfig:
         )
         _check(self.save_every_steps >= 0, "save_every_steps", f"must be >= 0, got {self.save_every_steps}")
         _check(self.log_every_steps >= 1, "log_every_steps", f"must be >= 1, got {self.log_every_steps}")
+        _check(self.eval_every_steps >= 0, "eval_every_steps", f"must be >= 0, got {self.eval_every_steps}")
         _check(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1 or null")
 
 
@@ -257,9 +261,9 @@ class FeatureLossConfig:
     """w_j, the term's weight in the loss."""
     loss: Literal["mse", "cosine", "kl"] = "mse"
     """hint/embedding: "mse" or "cosine"; attention: "mse" (TinyBERT) or "kl" (MiniLM)."""
-    layers: str | list[int] = "uniform"
-    """Layer mapping: "uniform" (student layer m takes teacher layer m * N / M), "last", or the teacher layer
-    (1-based) of each student layer; ignored by "embedding"."""
+    layers: str | list[int] | list[list[int]] = "uniform"
+    """Layer mapping: "uniform" (student layer m takes teacher layer m * N / M), "last", the teacher layer
+    (1-based) of each student layer, or ``[student_layer, teacher_layer]`` pairs; ignored by "embedding"."""
     teacher: int = 0
     """Index of the teacher (in ``teachers``) whose features are matched."""
 
@@ -274,10 +278,9 @@ class FeatureLossConfig:
                 "layers",
                 f"must be 'uniform', 'last' or a list, got {self.layers!r}",
             )
-        else:
-            _check(
-                all(layer >= 1 for layer in self.layers), "layers", f"teacher layers are 1-based, got {self.layers}"
-            )
+        else:  # teacher layers, or (student layer, teacher layer) pairs
+            flat = [x for item in self.layers for x in (item if isinstance(item, list | tuple) else [item])]
+            _check(all(layer >= 1 for layer in flat), "layers", f"layers are 1-based, got {self.layers}")
         _check(self.teacher >= 0, "teacher", f"must be >= 0, got {self.teacher}")
 
 

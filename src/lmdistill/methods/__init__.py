@@ -26,8 +26,9 @@ __all__ = ["METHODS", "get_method"]
 
 METHODS: dict[str, str] = {
     "babyllama": "lmdistill.methods.babyllama",
+    "stlm": "lmdistill.methods.stlm",
 }
-"""Method name -> module. Planned: stlm (cross-vocabulary + feature KD), tinybert, rationale."""
+"""Method name -> module. Planned: tinybert, rationale."""
 
 
 def get_method(name: str) -> ModuleType:

