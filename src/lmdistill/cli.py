@@ -98,6 +98,33 @@ def _cmd_cache_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_adapt_teacher(args: argparse.Namespace) -> int:
+    from lmdistill.methods.runfolder import run_lock
+    from lmdistill.methods.stlm import NAME, adapt_teacher_run
+
+    recipe = _run_recipe(args)
+    if recipe is None:
+        return 2
+    if recipe.method != NAME:
+        print(
+            f"error: adapt-teacher adapts the teacher of an {NAME} recipe; {recipe.name} has method {recipe.method} "
+            "(see `lmdistill recipes ls`)",
+            file=sys.stderr,
+        )
+        return 2
+    run_dir = args.resolved_run_dir = Path(args.run_dir or Path("runs") / recipe.name)
+    print(f"lmdistill adapt-teacher: recipe {recipe.name}, teacher {recipe.teacher.model.path}, run folder {run_dir}")
+    with run_lock(run_dir):
+        entries = adapt_teacher_run(recipe, run_dir, data_root=args.data_root, cache_dir=args.cache_dir)
+    for name, entry in entries.items():
+        print(
+            f"  {name}: {run_dir / 'models' / name / 'final'}  dev loss {entry['dev_loss']:.3f} nats/token "
+            f"(run tokenizer), {entry['adaptation']['trained_parameters']:,} parameters trained"
+        )
+    print("use one as a teacher of any recipe with this tokenizer: model.path=<that final/ folder>")
+    return 0
+
+
 def _cmd_recipes(args: argparse.Namespace) -> int:
     from lmdistill.config import list_recipes, load_recipe, recipe_path, to_yaml
 
@@ -130,10 +157,12 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from lmdistill.reporting.report import compare_runs, write_report
+    from lmdistill.reporting.report import compare_runs, load_results, write_report
+    from lmdistill.reporting.stlm_report import write_stlm_report
 
     for run_dir in args.run_dirs:
-        print(f"wrote {write_report(Path(run_dir))}")
+        stlm = load_results(Path(run_dir)).get("method") == "stlm"
+        print(f"wrote {(write_stlm_report if stlm else write_report)(Path(run_dir))}")
     if len(args.run_dirs) > 1:
         table = compare_runs([Path(p) for p in args.run_dirs])
         if args.output:
@@ -263,6 +292,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(cache)
     cache.add_argument("--overwrite", action="store_true", help="rebuild the cache even if one is there")
     cache.set_defaults(handler=_cmd_cache_teacher)
+
+    adapt = sub.add_parser(
+        "adapt-teacher",
+        help="give a pretrained teacher a new embedding and LM head in the student's vocabulary (stlm recipes)",
+        description="Train the run's tokenizer on the corpus, then, for each of the recipe's teacher.inits "
+        "(random; mean_of_subwords = FVT), replace the teacher's input embedding and LM head by new ones in that "
+        "vocabulary, freeze its body and train the new parts on the corpus with cross-entropy. Each result is an "
+        "ordinary Hugging Face checkpoint with the run's tokenizer: RUN/models/teacher-<init>/final/.",
+        epilog="Example: lmdistill adapt-teacher stlm-cpu teacher.inits=[mean_of_subwords] "
+        "teacher.train.max_steps=100. `lmdistill run` on the same recipe and folder reuses the adapted teachers.",
+    )
+    _add_run_arguments(adapt)
+    adapt.set_defaults(handler=_cmd_adapt_teacher)
 
     recipes = sub.add_parser("recipes", help="list, show or validate recipes")
     recipes.add_argument("action", choices=["ls", "show", "validate"])

@@ -75,12 +75,16 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    """Byte-level BPE tokenizer trained on the train split only."""
+    """Byte-level BPE tokenizer trained on the train split only, or a pretrained tokenizer used as it is."""
 
     vocab_size: int = 16000
     """Vocabulary size, special tokens included."""
     min_frequency: int = 2
     """Minimum pair frequency for a BPE merge."""
+    pretrained: str | None = None
+    """A tokenizer folder, ``package:NAME`` or Hub id (e.g. "gpt2") to use instead of training one (vocab_size and
+    min_frequency are then ignored); one without a pad token pads with its eos token, one without bos starts
+    documents with eos."""
 
     def __post_init__(self) -> None:
         _check(self.vocab_size >= 260, "vocab_size", f"must be >= 260 (256 bytes + specials), got {self.vocab_size}")
@@ -363,6 +367,9 @@ class EvaluationConfig:
     limit: int | None = None
     """Items per task, or per sub-task (BLiMP paradigm, MMLU subject), the first N, as lm-eval's --limit;
     None = all."""
+    task_limits: dict[str, int] = field(default_factory=dict)
+    """Per-task ``limit`` instead of the common one, e.g. ``{mmlu: 2, arc_easy: 200}`` (MMLU's long prompts
+    dominate the cost)."""
     blimp_paradigms: list[str] | None = None
     """BLiMP paradigm names (file stems) to evaluate; None = all 67."""
     blimp_target_delimiter: str = " "
@@ -402,6 +409,9 @@ class EvaluationConfig:
             )
         _check(len(set(self.tasks)) == len(self.tasks), "tasks", f"a task is named twice: {self.tasks}")
         _check(self.limit is None or self.limit >= 1, "limit", "must be >= 1 or null")
+        for name, limit in self.task_limits.items():
+            _check(name in self.tasks, f"task_limits.{name}", f"is not one of tasks {self.tasks}")
+            _check(limit >= 1, f"task_limits.{name}", f"must be >= 1, got {limit}")
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
 
 

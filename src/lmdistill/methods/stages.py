@@ -190,8 +190,11 @@ def prepare_corpus(
     if (run_dir / "recipe.yaml").exists() and (tok_dir / "tokenizer.json").exists():
         tokenizer = load_tokenizer(tok_dir)
     else:
-        log.info("training a %d-token BPE tokenizer on %d train documents", tokenizer_cfg.vocab_size, len(train_docs))
-        tokenizer = train_tokenizer(train_docs, tokenizer_cfg.vocab_size, tokenizer_cfg.min_frequency)
+        if tokenizer_cfg.pretrained:
+            tokenizer = _pretrained_tokenizer(tokenizer_cfg.pretrained)
+        else:
+            log.info("training a %d-token BPE tokenizer on %d documents", tokenizer_cfg.vocab_size, len(train_docs))
+            tokenizer = train_tokenizer(train_docs, tokenizer_cfg.vocab_size, tokenizer_cfg.min_frequency)
         save_tokenizer(tokenizer, tok_dir)
         tokenizer = load_tokenizer(tok_dir)
     tokenizer.model_max_length = data_cfg.block_size
@@ -228,6 +231,27 @@ def prepare_corpus(
     }
     log.info("data: %d train tokens (%d blocks), %d dev blocks", len(train_tokens), len(blocks), len(dev))
     return CorpusData(tokenizer, blocks, dev, info)
+
+
+def _pretrained_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """A pretrained tokenizer (folder, ``package:NAME`` or Hub id) with pad and bos filled from eos if missing.
+
+    Raises:
+        ValueError: it has no eos token (documents end with one).
+    """
+    from transformers import AutoTokenizer
+
+    from lmdistill.models import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path))
+    if tokenizer.eos_token is None:
+        raise ValueError(f"tokenizer.pretrained {path}: the tokenizer has no eos token to end documents with")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.bos_token is None:
+        tokenizer.bos_token = tokenizer.eos_token
+    log.info("using the pretrained tokenizer %s (%d tokens)", path, len(tokenizer))
+    return tokenizer
 
 
 def _blocks_per_source(dev_parts: list[np.ndarray], sources: list, data_cfg: DataConfig) -> dict[str, int]:
@@ -443,21 +467,27 @@ def evaluate_model(
     done = stored.get("tasks", {}) if stored.get("key") == key else {}
     if stored and not done:
         log.info("%s: eval.json was computed for other weights or settings; evaluating again", name)
+    if evaluation.task_limits:
+        key["task_limits"] = evaluation.task_limits
     specs = task_specs(evaluation)
     missing = [s for s in specs if s.name not in done]
-    if missing:
+    by_limit: dict[int | None, list] = {}
+    for spec in missing:  # one scoring pass per distinct limit
+        by_limit.setdefault(evaluation.task_limits.get(spec.name, evaluation.limit), []).append(spec)
+    for limit, group in by_limit.items():
         done.update(
             evaluate_tasks(
                 model,
                 tokenizer,
-                missing,
+                group,
                 data_root=data_root,
-                limit=evaluation.limit,
+                limit=limit,
                 batch_size=evaluation.batch_size,
                 progress=f"eval {name}",
                 empty_context_prefix=evaluation.prefix,
             )
         )
+    if missing:
         write_json(cached, {"key": key, "tasks": done})
     return {s.name: done[s.name] for s in specs}
 

@@ -71,6 +71,7 @@ __all__ = [
     "StlmRecipe",
     "StlmStudentConfig",
     "VariantConfig",
+    "adapt_teacher_run",
     "adapt_teachers",
     "normalize_recipe",
     "run",
@@ -444,6 +445,25 @@ def run(
         if process_state().is_main_process:
             write_stlm_report(run_dir)
     return payload
+
+
+def adapt_teacher_run(
+    recipe: StlmRecipe,
+    run_dir: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """``lmdistill adapt-teacher``: prepare the run's data and tokenizer, adapt the teacher with each init.
+
+    The run folder follows ``lmdistill run --resume``'s rules, so ``lmdistill run`` on the same recipe and folder
+    reuses the adapted teachers. Returns the adapted teachers' results entries by stage name.
+    """
+    run_dir = Path(run_dir)
+    _, data = prepare_corpus_run(recipe, run_dir, data_root, True, cache_dir)
+    results: dict[str, Any] = {}
+    adapt_teachers(recipe, run_dir, data, True, results)
+    return results
 
 
 def _run_stages(
