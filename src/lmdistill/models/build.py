@@ -181,7 +181,7 @@ def load_model(
         auto = getattr(transformers, get_family(family or "causal_lm").auto_class)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        return auto.from_pretrained(path, trust_remote_code=False, **extra, **kwargs)
+        model = auto.from_pretrained(path, trust_remote_code=False, **extra, **kwargs)
     except OSError as err:
         if local:
             raise
@@ -189,6 +189,20 @@ def load_model(
             f"could not load {path!r} from the Hugging Face Hub ({err}); the Hub needs internet: download the model "
             "elsewhere and give its local folder as model.path"
         ) from err
+    if gguf_file:
+        _forget_gguf_quantization(model)
+    return model
+
+
+def _forget_gguf_quantization(model: PreTrainedModel) -> None:
+    """A GGUF model is dequantised on load, yet transformers still marks it quantised (no ``.float()``, a
+    ``quantization_config`` saved with it): drop the marks, so that it is trained, cast and saved as a plain
+    float model."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def _read_architectures(folder: Path) -> list[str]:
