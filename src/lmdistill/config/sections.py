@@ -317,6 +317,11 @@ class DistillationConfig:
     """Multiply D by T^2 (Hinton et al.), which keeps its gradients on the CE's scale; TRL's GKD does not."""
     ensemble: Literal["logits", "probs"] = "logits"
     """How teachers are combined: average logits (Baby Llama) or average probabilities at temperature T."""
+    topk_estimator: Literal["tail_bucket", "uniform_tail"] = "tail_bucket"
+    """D against a cached top-k teacher (``lmdistill.losses.topk``): "tail_bucket" = D on k + 1 outcomes, the other
+    tokens merged into one (TRL's tail bucket, DistillKit's SYMMETRIC_UNIFORM); "uniform_tail" = the dense D against
+    the teacher with its tail mass m spread evenly over the V - k uncached tokens (better for a student whose tail is
+    confident and unrelated to the teacher's; worse for one close to it). Unused with a live teacher."""
     features: list[FeatureLossConfig] = field(default_factory=list)
     """Feature terms (hint, attention, embedding losses) added to the response loss."""
 
@@ -341,6 +346,11 @@ class DistillationConfig:
             f"must be 'mean' or 'batchmean', got {self.reduction!r}",
         )
         _check(self.ensemble in ("logits", "probs"), "ensemble", f"must be 'logits' or 'probs', got {self.ensemble!r}")
+        _check(
+            self.topk_estimator in ("tail_bucket", "uniform_tail"),
+            "topk_estimator",
+            f"must be 'tail_bucket' or 'uniform_tail', got {self.topk_estimator!r}",
+        )
 
 
 @dataclass

@@ -9,7 +9,7 @@ and computes its response part by one of three paths with equal values and gradi
 - "fused": the student's final hidden states and LM head; no (B, T, V) student tensor is ever held.
 
 A cached teacher (``TopKTeacher``: top-k log-probabilities and tail mass) is read by a fourth, sparse path on the
-student's logits (``lmdistill.losses.topk``), whatever the implementation.
+student's logits (``lmdistill.losses.topk``, by its ``topk_estimator``), whatever the implementation.
 
 Compatibility presets (``PRESETS`` in ``lmdistill.config``; each reproduces its anchor's formula, see the tests):
 
@@ -137,8 +137,11 @@ class DistillationObjective(nn.Module):
         skew (float): the skew KLs' lambda.
         reduction (str): "mean" or "batchmean".
         t2_scaling (bool): multiply D by T^2.
+        topk_estimator (str): how D is estimated against a cached top-k teacher, "tail_bucket" or "uniform_tail"
+            (``lmdistill.losses.topk``); unused with full teacher logits.
         implementation (str): "plain", "chunked" or "fused".
-        chunk_size (int | None): positions per chunk of the chunked and fused paths; None = automatic.
+        chunk_size (int | None): positions per chunk of the chunked and fused paths (and of the uniform_tail
+            estimator); None = automatic.
         features (Sequence[FeatureLossConfig]): feature terms ``w_j * F_j`` (hint, attention, embedding); their
             modules (learned projections) are built by ``setup`` once the student and teachers are known.
         family (ModelFamily | str): the student's model family, which aligns labels with logits (causal LMs
@@ -158,6 +161,7 @@ class DistillationObjective(nn.Module):
         skew: float = 0.1,
         reduction: str = "mean",
         t2_scaling: bool = True,
+        topk_estimator: str = "tail_bucket",
         implementation: str = "plain",
         chunk_size: int | None = None,
         features: Sequence[FeatureLossConfig] = (),
@@ -173,6 +177,7 @@ class DistillationObjective(nn.Module):
             skew=skew,
             reduction=reduction,
             t2_scaling=t2_scaling,
+            topk_estimator=topk_estimator,
         )
         LossConfig(implementation=implementation, chunk_size=chunk_size)
         if implementation not in IMPLEMENTATIONS:
@@ -182,6 +187,7 @@ class DistillationObjective(nn.Module):
         self.divergence = get_divergence(cfg.divergence, beta=cfg.beta, skew=cfg.skew)
         self.reduction = cfg.reduction
         self.t2_scaling = cfg.t2_scaling
+        self.topk_estimator = cfg.topk_estimator
         self.implementation = implementation
         self.chunk_size = chunk_size
         self._terms: list[_FeatureTerm] = []
@@ -207,6 +213,7 @@ class DistillationObjective(nn.Module):
             skew=cfg.skew,
             reduction=cfg.reduction,
             t2_scaling=cfg.t2_scaling,
+            topk_estimator=cfg.topk_estimator,
             implementation=loss.implementation,
             chunk_size=loss.chunk_size,
             features=cfg.features,
@@ -491,9 +498,10 @@ class DistillationObjective(nn.Module):
         return loss, ce, d
 
     def _sparse_response(self, student, teacher: TopKTeacher, targets, div, weighted_ce, weighted_div):
-        """A cached (top-k + tail) teacher: D on the coarsened distributions (``lmdistill.losses.topk``).
+        """A cached (top-k + tail) teacher: D by ``topk_estimator`` (``lmdistill.losses.topk``).
 
-        Autograd through the student's logits whatever ``implementation`` says (the teacher side is already small).
+        On the student's logits whatever ``implementation`` says: tail_bucket by autograd (the teacher side is already
+        small), uniform_tail chunk by chunk (``chunk_size`` positions; None = automatic).
         """
         if teacher.temperature != self.temperature:
             raise ValueError(
@@ -504,6 +512,6 @@ class DistillationObjective(nn.Module):
         if logits is None:  # fused: the logits are needed for the student's tail mass
             logits = student.lm_head(student.hidden)
         ce_rows = token_cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.flatten()).view_as(targets)
-        d_rows = sparse_per_token(div, logits, teacher)
+        d_rows = sparse_per_token(div, logits, teacher, estimator=self.topk_estimator, chunk_size=self.chunk_size)
         loss = (masked_weighted(ce_rows, weighted_ce) + masked_weighted(d_rows, weighted_div)).sum()
         return loss, d_rows, ce_rows
