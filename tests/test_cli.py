@@ -87,7 +87,7 @@ def test_teacher_with_another_tokenizer_is_refused(tmp_path, capsys, data_root):
     ]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "gpt2-teacher" in err and str(teacher_dir) in err and "share one tokenizer" in err
+    assert "gpt2-teacher" in err and str(teacher_dir) in err and "lmdistill adapt-teacher" in err
     assert not (tmp_path / "run" / "results.json").exists()
 
 

@@ -73,16 +73,20 @@ class HFLogitsFn:
 
     Args:
         model (PreTrainedModel): a causal LM, e.g. ``LlamaForCausalLM`` or ``GPT2LMHeadModel``.
+        vocab_size (int | None): keep only the first V logit columns (a teacher whose LM head has padding rows
+            past the tokenizer's length, ``vocab_rows: shared``); None: every column.
 
     Attributes:
         model: the wrapped model (put in eval mode).
+        vocab_size (int | None): the columns kept.
         max_length (int | None): the model window: ``config.n_positions``, else ``max_position_embeddings``,
             else ``n_ctx`` (lm-eval 0.4.13's ``resolve_max_length`` order).
         device (torch.device): the device of the model's first parameter.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, vocab_size: int | None = None) -> None:
         self.model = model.eval()
+        self.vocab_size = vocab_size
         config = getattr(model, "config", None)
         config = getattr(config, "text_config", None) or config
         window = next((getattr(config, k) for k in _WINDOW_KEYS if getattr(config, k, None) is not None), None)
@@ -93,7 +97,10 @@ class HFLogitsFn:
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Return the logits (B, T, V) for ``input_ids`` (B, T) under ``attention_mask`` (B, T)."""
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return self._kept(self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits)
+
+    def _kept(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.vocab_size is None else logits[..., : self.vocab_size]
 
     @torch.no_grad()
     def select_logits(self, input_ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -106,29 +113,31 @@ class HFLogitsFn:
             return self(input_ids)[rows, cols]
         if self._fast is None:  # first call: the shortcut must give the model's own logits (checked on one row)
             one = input_ids[:1]
-            shortcut = head(body(input_ids=one, use_cache=False).last_hidden_state)
+            shortcut = self._kept(head(body(input_ids=one, use_cache=False).last_hidden_state))
             self._fast = bool(torch.allclose(shortcut.float(), self(one).float(), atol=1e-4, rtol=1e-4))
             if not self._fast:
                 logger.warning("%s: LM head is not a plain linear map; scoring with full logits", type(self.model))
                 return self(input_ids)[rows, cols]
         hidden = body(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, T, H)
-        return head(hidden[rows, cols])  # (N, V)
+        return self._kept(head(hidden[rows, cols]))  # (N, V)
 
 
 _WINDOW_KEYS = ("n_positions", "max_position_embeddings", "n_ctx")
 
 
-def hf_logits_fn(model: Any) -> HFLogitsFn:
+def hf_logits_fn(model: Any, vocab_size: int | None = None) -> HFLogitsFn:
     """Wrap a Hugging Face causal LM as a :data:`LogitsFn` (eval mode, ``torch.no_grad``).
 
     Args:
         model (PreTrainedModel): a causal LM, e.g. ``LlamaForCausalLM`` or ``GPT2LMHeadModel``.
+        vocab_size (int | None): keep only the first V logit columns (padding rows of the LM head past the
+            tokenizer's length are never scored); None: every column.
 
     Returns:
         HFLogitsFn: ``fn(input_ids (B, T), attention_mask (B, T)) -> logits (B, T, V)``, with ``max_length``,
         ``device`` and ``select_logits``, which :func:`loglikelihood` uses.
     """
-    return HFLogitsFn(model)
+    return HFLogitsFn(model, vocab_size)
 
 
 def prefix_token_id(tokenizer: Any, prefix: str = "bos") -> int:

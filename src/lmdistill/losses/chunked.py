@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from lmdistill.losses.divergences import Divergence, at_least_float32, compute_dtype
+from lmdistill.vocabulary import vocabulary_mismatch
 
 __all__ = ["IGNORE_INDEX", "auto_chunk_size", "chunked_per_token", "fused_linear_loss"]
 
@@ -370,8 +371,8 @@ def fused_linear_loss(
         raise ValueError(f"weight must be (V, H={hidden.shape[-1]}), got {tuple(weight.shape)}")
     vocab = weight.shape[0]
     if teacher_logits is not None and teacher_logits.shape[-1] != vocab:
-        raise ValueError(
-            f"teacher vocabulary {teacher_logits.shape[-1]} != student LM head's {vocab}: they must share a tokenizer"
+        raise vocabulary_mismatch(
+            "teacher_logits", teacher_logits.shape[-1], "columns", "the student's LM head", vocab, "rows"
         )
     lead = hidden.shape[:-1]
     n_rows = hidden.numel() // hidden.shape[-1]

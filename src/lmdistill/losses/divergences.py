@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmdistill.losses.numerics import KLTerms, LogMix, MixtureKLTerms, log_ratio_from_logits
+from lmdistill.vocabulary import vocabulary_mismatch
 
 __all__ = [
     "DIVERGENCES",
@@ -298,12 +299,25 @@ def get_divergence(name: str, *, beta: float | None = None, skew: float | None =
 
 
 def check_logits_pair(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> None:
-    """Raise ValueError unless the two logits have one shape (one tokenizer) and T > 0."""
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student_logits {tuple(student_logits.shape)} and teacher_logits {tuple(teacher_logits.shape)} differ: "
-            "teachers and student must share a tokenizer (same vocabulary size)"
+    """Raise ValueError unless the two logits have one shape (one vocabulary) and T > 0.
+
+    Raises:
+        VocabularyMismatchError: the last dimensions (V) differ (``lmdistill.vocabulary``).
+        ValueError: the other dimensions differ, or T <= 0.
+    """
+    shapes = f"student {tuple(student_logits.shape)}, teacher {tuple(teacher_logits.shape)}"
+    if teacher_logits.shape[-1:] != student_logits.shape[-1:]:
+        raise vocabulary_mismatch(
+            "teacher_logits",
+            teacher_logits.shape[-1],
+            "columns",
+            "student_logits",
+            student_logits.shape[-1],
+            "columns",
+            detail=shapes,
         )
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"teacher and student logits differ in their positions ({shapes})")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 

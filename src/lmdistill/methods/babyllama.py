@@ -57,6 +57,7 @@ from lmdistill.methods.stages import (
 from lmdistill.teachers.cache import TeacherCache, cache_spec, ensure_cache, model_fingerprint, read_manifest
 from lmdistill.teachers.ensemble import TeacherEnsemble
 from lmdistill.training import evaluate_dev_loss
+from lmdistill.vocabulary import VOCAB_ROWS, VocabRows
 
 __all__ = [
     "DESCRIPTION",
@@ -71,6 +72,7 @@ __all__ = [
     "open_teacher_cache",
     "prepare",
     "run",
+    "teacher_ensemble",
     "train_teachers",
     "validate_data",
 ]
@@ -94,6 +96,13 @@ class TeacherConfig:
     """Architecture or checkpoint."""
     train: TrainConfig | None = None
     """How to train it; None means use ``model.path`` as it is."""
+    vocab_rows: VocabRows = "exact"
+    """How its embedding / LM head rows must match the run tokenizer's length V: "exact" (V rows), or "shared"
+    (V rows or more: the rows past V are padding, e.g. a checkpoint whose ``config.vocab_size`` is rounded up to a
+    multiple of 64). With "shared" its tokenizer must still be the run's (compared id by id, special tokens and
+    merges), and only the first V columns of its logits are used (ensemble, dev loss, evaluation, teacher cache):
+    the student never sees the padding rows. Only for a teacher used as it is (``model.path``, no ``train``). A
+    teacher with another vocabulary needs ``lmdistill adapt-teacher``."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "name", f"must be a plain folder name, got {self.name!r}")
@@ -101,6 +110,13 @@ class TeacherConfig:
             self.train is not None or self.model.path is not None,
             "train",
             "a teacher needs either a train section or model.path pointing at a trained checkpoint",
+        )
+        _check(self.vocab_rows in VOCAB_ROWS, "vocab_rows", f"must be one of {VOCAB_ROWS}, got {self.vocab_rows!r}")
+        _check(
+            self.vocab_rows == "exact" or self.train is None,
+            "vocab_rows",
+            "'shared' is for a teacher used as it is (model.path, no train section): a teacher trained in this run "
+            "is built with exactly the run tokenizer's rows",
         )
 
 
@@ -258,24 +274,36 @@ def train_teachers(
     """Train (or load, or find already trained in the run folder) every teacher, in order.
 
     Their results entries (parameters, dev loss, training time) go into ``results``; returns name -> model.
-    Every teacher given by ``model.path`` is checked first (the path, and that it carries the run's tokenizer,
-    whether it is used as it is or trained further), so that a bad path fails before any teacher trains and the
-    run folder can simply be run again.
+    Every teacher given by ``model.path`` is checked first (the path, that it carries the run's tokenizer and that
+    its embedding rows fit its ``vocab_rows``, whether it is used as it is or trained further), so that a bad path
+    or another vocabulary fails before any teacher trains and the run folder can simply be run again.
     """
     for t in recipe.teachers.members:
         if t.model.path is not None:
-            check_model_path(t.name, t.model, data)
+            check_model_path(t.name, t.model, data, t.vocab_rows)
     lm = DistillationObjective.language_modeling(recipe.loss.implementation)
     teachers = {}
     for t in recipe.teachers.members:
         if t.train is None:
-            out = pretrained_model_stage(t.name, t.model, data, _device())
+            out = pretrained_model_stage(t.name, t.model, data, _device(), t.vocab_rows)
         else:
             out = train_model_stage(t.name, t.model, t.train, data, recipe.seed, run_dir, lm, None, resume)
-        check_vocab_size(t.name, out["model"], data)
+        check_vocab_size(t.name, out["model"], data, t.vocab_rows)
         teachers[t.name] = out["model"]
         results[t.name] = {"role": "teacher", **out["entry"]}
     return teachers
+
+
+def teacher_ensemble(recipe: BabyLlamaRecipe, teachers: dict[str, Any], data: CorpusData) -> TeacherEnsemble:
+    """The recipe's ensemble of ``teachers`` (name -> model) over the run tokenizer's V columns (``vocab_rows``)."""
+    vocab_rows = {t.name: t.vocab_rows for t in recipe.teachers.members}
+    return TeacherEnsemble(
+        list(teachers.values()),
+        rule=recipe.distillation.ensemble,
+        vocab_size=len(data.tokenizer),
+        vocab_rows=[vocab_rows[name] for name in teachers],
+        names=list(teachers),
+    )
 
 
 def teacher_cache_dir(recipe: BabyLlamaRecipe, run_dir: Path) -> Path:
@@ -301,6 +329,7 @@ def open_teacher_cache(
         dtype=recipe.teachers.cache_dtype,
         temperature=recipe.distillation.temperature,
         shard_blocks=recipe.teachers.cache_shard_blocks,
+        vocab_size=ensemble.vocab_size,
     )
     return ensure_cache(
         ensemble,
@@ -343,7 +372,7 @@ def build_teacher_cache(
     run_dir = Path(run_dir)
     _, data = prepare(recipe, run_dir, data_root, True, cache_dir)
     teachers = train_teachers(recipe, run_dir, data, True, {})
-    ensemble = TeacherEnsemble(list(teachers.values()), rule=recipe.distillation.ensemble).to(_device())
+    ensemble = teacher_ensemble(recipe, teachers, data).to(_device())
     return open_teacher_cache(recipe, run_dir, data, teachers, ensemble, overwrite=overwrite)
 
 
@@ -410,7 +439,7 @@ def _run_stages(
     teachers = train_teachers(recipe, run_dir, data, resume, results)
     lm = DistillationObjective.language_modeling(recipe.loss.implementation)
 
-    ensemble = TeacherEnsemble(list(teachers.values()), rule=recipe.distillation.ensemble).to(device)
+    ensemble = teacher_ensemble(recipe, teachers, data).to(device)
     if len(teachers) > 1:
         results["ensemble"] = {
             "role": "ensemble",
@@ -450,7 +479,8 @@ def _run_stages(
     if not main_process:  # evaluation and the report are rank 0's
         return {"models": results}
     fingerprints = {name: model_fingerprint(m) for name, m in models.items()}
-    scorers = {name: hf_logits_fn(m.to(device)) for name, m in models.items()}
+    # every model is scored over the run's V tokens (a "shared" teacher's padding rows are dropped)
+    scorers = {name: hf_logits_fn(m.to(device), vocab_size=len(data.tokenizer)) for name, m in models.items()}
     if "ensemble" in results:
         scorers["ensemble"] = ensemble  # (input_ids, attention_mask) -> averaged logits at T = 1
         fingerprints["ensemble"] = f"{recipe.distillation.ensemble}:" + ",".join(fingerprints[n] for n in teachers)

@@ -25,7 +25,13 @@ from lmdistill.config.sections import DataConfig, EvaluationConfig, ModelConfig,
 from lmdistill.data.blocks import BlockDataset, dev_block_indices, dev_blocks
 from lmdistill.data.corpus import file_sha256, load_corpus
 from lmdistill.data.root import resolve_data_root
-from lmdistill.data.tokenizer import load_tokenizer, save_tokenizer, tokenizer_fingerprint, train_tokenizer
+from lmdistill.data.tokenizer import (
+    SPECIAL_ROLES,
+    load_tokenizer,
+    save_tokenizer,
+    tokenizer_fingerprint,
+    train_tokenizer,
+)
 from lmdistill.data.tokens import tokenize_documents
 from lmdistill.distributed import process_state
 from lmdistill.evaluation.runner import evaluate_tasks, task_specs
@@ -33,12 +39,14 @@ from lmdistill.losses.objective import DistillationObjective
 from lmdistill.methods.runfolder import check_run_folder, clear_record, record_recipe, remove_stale_temporaries
 from lmdistill.models import build_model, count_parameters, family_of, load_model, load_model_tokenizer
 from lmdistill.training import evaluate_dev_loss, train
+from lmdistill.vocabulary import embedding_rows, kept_columns, vocabulary_mismatch
 
 __all__ = [
     "CORPUS_NOTE",
     "CorpusData",
     "check_model_path",
     "check_same_tokenizer",
+    "check_vocab_size",
     "corpus_file_hashes",
     "default_cache_dir",
     "evaluate_model",
@@ -47,6 +55,7 @@ __all__ = [
     "prepare_corpus_run",
     "prepare_run",
     "pretrained_model_stage",
+    "tokenizer_difference",
     "train_model_stage",
 ]
 
@@ -339,19 +348,27 @@ def _read_training_json(final: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def pretrained_model_stage(name: str, model_cfg: ModelConfig, data: CorpusData, device: torch.device) -> dict:
-    """Load a model given by ``model.path`` (no training), check its tokenizer against the run's, dev loss.
+def pretrained_model_stage(
+    name: str, model_cfg: ModelConfig, data: CorpusData, device: torch.device, vocab_rows: str = "exact"
+) -> dict:
+    """Load a model given by ``model.path`` (no training), check its tokenizer and rows against the run's, dev loss.
+
+    ``vocab_rows`` "shared" accepts an embedding / LM head with padding rows past the run tokenizer's length V
+    (``check_vocab_size``); the dev loss then sees the first V columns of its logits, as the student does.
 
     Raises:
-        ValueError: its tokenizer differs from the run's (``check_same_tokenizer``).
+        VocabularyMismatchError: its tokenizer differs from the run's (``check_same_tokenizer``), or its rows do
+            not fit ``vocab_rows`` (``check_vocab_size``).
         FileNotFoundError: the path is not a checkpoint (or the GGUF file is missing).
     """
     path = model_cfg.path
     _check_saved_tokenizer(name, model_cfg, data)
     model = load_model(path, family=model_cfg.family, gguf_file=model_cfg.gguf_file).to(device).eval()
     family = family_of(model)
-    check_vocab_size(name, model, data)
-    dev_loss = evaluate_dev_loss(lambda b: model(input_ids=b.input_ids.to(device)).logits, data.dev, family=family)
+    v = check_vocab_size(name, model, data, vocab_rows)
+    dev_loss = evaluate_dev_loss(
+        lambda b: model(input_ids=b.input_ids.to(device)).logits[..., :v], data.dev, family=family
+    )
     entry = {
         "family": family.name,
         "arch": model.config.model_type,
@@ -362,18 +379,25 @@ def pretrained_model_stage(name: str, model_cfg: ModelConfig, data: CorpusData, 
         "metrics_file": None,
         "path": str(path),
     }
+    if vocab_rows == "shared":
+        entry.update(vocab_rows="shared", embedding_rows=embedding_rows(model))
     return {"model": model, "entry": entry}
 
 
-def check_model_path(name: str, model_cfg: ModelConfig, data: CorpusData | None = None) -> None:
-    """A model's ``model.path`` must exist; with ``data`` it must also carry the run's tokenizer.
+def check_model_path(
+    name: str, model_cfg: ModelConfig, data: CorpusData | None = None, vocab_rows: str = "exact"
+) -> None:
+    """A model's ``model.path`` must exist; with ``data`` it must also carry the run's tokenizer and rows.
 
-    A local path is checked here, a Hub id when it loads. ``data`` is given for a model used as it is (no
-    training), which must share the run's tokenizer (``_check_saved_tokenizer``).
+    A local path is checked here, a Hub id when it loads. ``data`` is given for a model loaded by path (used as it
+    is, or trained further), which must share the run's tokenizer (``_check_saved_tokenizer``) and, when a local
+    ``config.json`` says its ``vocab_size``, have rows that fit ``vocab_rows`` (checked again on the loaded model by
+    ``check_vocab_size``): a mismatch fails before any model trains.
 
     Raises:
         FileNotFoundError: the local path does not exist (naming the model and the path).
-        ValueError: its tokenizer is missing or differs from the run's.
+        ValueError: its tokenizer is missing.
+        VocabularyMismatchError: its tokenizer differs from the run's, or its rows do not fit.
     """
     path = str(model_cfg.path)
     if path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
@@ -383,6 +407,12 @@ def check_model_path(name: str, model_cfg: ModelConfig, data: CorpusData | None 
         )
     if data is not None:
         _check_saved_tokenizer(name, model_cfg, data)
+        config = Path(path).expanduser() / "config.json"
+        if model_cfg.gguf_file is None and config.is_file():
+            saved = json.loads(config.read_text(encoding="utf-8"))
+            rows = saved.get("vocab_size") or (saved.get("text_config") or {}).get("vocab_size")
+            if isinstance(rows, int):
+                kept_columns(f"{name} ({path})", rows, len(data.tokenizer), vocab_rows)
 
 
 def _check_saved_tokenizer(name: str, model_cfg: ModelConfig, data: CorpusData) -> None:
@@ -403,42 +433,66 @@ def check_same_tokenizer(name_a: str, tok_a: Any, name_b: str, tok_b: Any) -> No
     """The one check that two models share a tokenizer: same vocabulary, specials and merges (fingerprint).
 
     Raises:
-        ValueError: naming both and what differs (vocabulary size, special tokens, or the vocabulary itself).
+        VocabularyMismatchError: naming both, their lengths and what differs (a special token, the first id whose
+            token differs, tokens past the other's length, or else the merges / normalisation).
     """
     if tokenizer_fingerprint(tok_a) == tokenizer_fingerprint(tok_b):
         return
-    diffs = []
-    if len(tok_a) != len(tok_b):
-        diffs.append(f"vocabulary size {len(tok_a)} vs {len(tok_b)}")
-    for special in ("bos_token", "eos_token", "pad_token", "unk_token"):
-        a, b = getattr(tok_a, special, None), getattr(tok_b, special, None)
-        if a != b:
-            diffs.append(f"{special} {a!r} vs {b!r}")
-    if not diffs:
-        vocab_a, vocab_b = tok_a.get_vocab(), tok_b.get_vocab()
-        moved = sorted(t for t in vocab_a.keys() & vocab_b.keys() if vocab_a[t] != vocab_b[t])
-        only = sorted(vocab_a.keys() ^ vocab_b.keys())
-        diffs.append(
-            f"{len(only)} tokens in one vocabulary only, {len(moved)} with other ids"
-            + (f" (e.g. {(only or moved)[:3]})" if only or moved else " (merges or normalisation differ)")
-        )
-    raise ValueError(
-        f"{name_a} and {name_b} must share one tokenizer, but they differ: {'; '.join(diffs)} (train the model in a "
-        "run with the same data and tokenizer settings, or adapt it to this vocabulary)"
+    raise vocabulary_mismatch(
+        f"the tokenizer of {name_a}",
+        len(tok_a),
+        "tokens",
+        f"the tokenizer of {name_b}",
+        len(tok_b),
+        "tokens",
+        detail=tokenizer_difference(name_a, tok_a, name_b, tok_b),
     )
 
 
-def check_vocab_size(name: str, model: Any, data: CorpusData) -> None:
-    """A model's output vocabulary must be the run tokenizer's.
+def tokenizer_difference(name_a: str, tok_a: Any, name_b: str, tok_b: Any) -> str:
+    """What differs between two tokenizers, in words: special tokens, then ids compared one by one.
+
+    Every id below the shorter length is compared (the token it decodes to in each); tokens of the longer one past
+    that length are real tokens the other lacks (an example is named). Same tokens and specials: the merges or the
+    normalisation differ.
+    """
+    diffs = []
+    for role in SPECIAL_ROLES:
+        a, b = getattr(tok_a, role, None), getattr(tok_b, role, None)
+        if a != b:
+            diffs.append(f"{role} {a!r} vs {b!r}")
+    ids_a = {i: t for t, i in tok_a.get_vocab().items()}
+    ids_b = {i: t for t, i in tok_b.get_vocab().items()}
+    shared = min(len(tok_a), len(tok_b))
+    moved = [i for i in range(shared) if ids_a.get(i) != ids_b.get(i)]
+    if moved:
+        i = moved[0]
+        diffs.append(
+            f"{len(moved):,} of ids 0 to {shared - 1} are other tokens, e.g. id {i} is {ids_a.get(i)!r} in "
+            f"{name_a} and {ids_b.get(i)!r} in {name_b}"
+        )
+    longer, name, other = (ids_a, name_a, name_b) if len(tok_a) > len(tok_b) else (ids_b, name_b, name_a)
+    if len(tok_a) != len(tok_b):
+        diffs.append(
+            f"{name} has {abs(len(tok_a) - len(tok_b)):,} more tokens (ids {shared} to "
+            f"{max(len(tok_a), len(tok_b)) - 1}) that {other} lacks, e.g. id {shared} {longer.get(shared)!r}"
+        )
+    return "; ".join(diffs) or "same tokens and special tokens, but the merges or normalisation differ"
+
+
+def check_vocab_size(name: str, model: Any, data: CorpusData, vocab_rows: str = "exact") -> int:
+    """A model's output vocabulary (its embedding / LM head rows) must be the run tokenizer's length V.
+
+    With ``vocab_rows`` "shared" it may have more rows (padding, ``lmdistill.vocabulary``): its logits are then
+    used through their first V columns. Its tokenizer is checked separately (``check_model_path``).
+
+    Returns:
+        int: V, the logit columns to use.
 
     Raises:
-        ValueError: naming the model, both sizes and the tokenizer.
+        VocabularyMismatchError: naming the model, both sizes and ``lmdistill adapt-teacher``.
     """
-    if model.config.vocab_size != len(data.tokenizer):
-        raise ValueError(
-            f"{name} has vocab_size={model.config.vocab_size} but this run's tokenizer has {len(data.tokenizer)}: "
-            "the models of a run must share one tokenizer"
-        )
+    return kept_columns(name, embedding_rows(model), len(data.tokenizer), vocab_rows)
 
 
 def evaluate_model(

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from lmdistill.data.blocks import BlockDataset
+from lmdistill.vocabulary import embedding_rows, kept_columns
 
 __all__ = [
     "CACHE_DTYPES",
@@ -108,7 +109,7 @@ class CacheSpec:
     num_blocks: int
     """Blocks on the fixed grid: ``num_tokens // block_size``."""
     vocab_size: int
-    """V of the teachers."""
+    """V of the teachers' combined logits (the run tokenizer's length)."""
     top_k: int
     """k, tokens kept per position."""
     dtype: str
@@ -187,6 +188,7 @@ def cache_spec(
     dtype: str,
     temperature: float,
     shard_blocks: int,
+    vocab_size: int | None = None,
 ) -> CacheSpec:
     """The ``CacheSpec`` of a run: fingerprints of its teachers and tokens plus the cache settings.
 
@@ -199,22 +201,29 @@ def cache_spec(
         dtype (str): "float16" or "float32", storage of the log-probabilities.
         temperature (float): the distillation temperature T > 0.
         shard_blocks (int): blocks per shard, >= 1.
+        vocab_size (int | None): V, the columns of the ensemble's logits (``TeacherEnsemble.vocab_size``, the run
+            tokenizer's length; a "shared" teacher's padding rows are not part of it); None: the teachers'
+            embedding rows, which must then be equal.
 
     Returns:
         CacheSpec: what a cache for this run must hold.
 
     Raises:
         ValueError: ``blocks`` uses random offsets, or k / dtype / temperature / shard size out of range.
+        VocabularyMismatchError: without ``vocab_size``, teachers with different embedding rows.
     """
     if blocks.random_offset:
         raise ValueError(
             "a teacher cache needs data.random_offset: false: the cache holds one distribution per block of the fixed "
             "block grid, and a random offset cuts different blocks every epoch"
         )
-    vocab = {getattr(m.config, "vocab_size", None) for m in teachers.values()}
-    if len(vocab) != 1:
-        raise ValueError(f"teachers have different vocabulary sizes {sorted(map(str, vocab))}")
-    vocab_size = int(vocab.pop())
+    if not teachers:
+        raise ValueError("a teacher cache needs at least one teacher")
+    if vocab_size is None:
+        (first, model), *others = teachers.items()
+        vocab_size = embedding_rows(model)
+        for name, m in others:
+            kept_columns(name, embedding_rows(m), vocab_size, "exact", first, "embedding rows")
     if not 1 <= top_k <= vocab_size:
         raise ValueError(f"cache top_k must be in [1, V={vocab_size}], got {top_k}")
     if dtype not in CACHE_DTYPES:

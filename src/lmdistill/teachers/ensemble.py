@@ -1,4 +1,4 @@
-"""Frozen teachers and their ensemble: averaged logits (Baby Llama) or averaged probabilities."""
+"""Frozen teachers and their ensemble: averaged logits (Baby Llama) or averaged probabilities, over V columns."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+
+from lmdistill.vocabulary import embedding_rows, kept_columns
 
 __all__ = ["ENSEMBLE_RULES", "TeacherEnsemble", "freeze"]
 
@@ -22,34 +24,63 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 class TeacherEnsemble:
-    """One or more frozen teachers combined into one next-token distribution.
+    """One or more frozen teachers combined into one next-token distribution over the run's vocabulary.
 
     Rules:
         - "logits": ``z = mean_i z_i`` (the Baby Llama code). Independent of the temperature.
         - "probs": ``p^T = mean_i softmax(z_i / T)``, returned as ``z = T * log p^T`` so that
           ``softmax(z / T) = p^T`` exactly; the divergences can then divide by T as for any teacher.
 
+    Each teacher's logits are its first V columns, ``z_i = logits_i[..., :V]``: a teacher with ``vocab_rows``
+    "shared" may have padding rows past V (``lmdistill.vocabulary``), which are dropped before the rule, so the
+    combined logits, ``forward_features``'s outputs and a cache built from the ensemble all have V columns.
+
     Args:
-        teachers (Sequence[nn.Module]): causal LMs sharing the student's vocabulary; frozen here.
+        teachers (Sequence[nn.Module]): causal LMs over the student's vocabulary; frozen here.
         rule (str): "logits" or "probs".
+        vocab_size (int | None): V, the run tokenizer's length; None: the first teacher's embedding rows (every
+            teacher must then have as many, and none may be "shared").
+        vocab_rows (str | Sequence[str]): per teacher (or one for all), "exact" (embedding rows == V) or "shared"
+            (rows >= V; only the first V are used).
+        names (Sequence[str] | None): the teachers' names, for messages; None: "teacher 0", "teacher 1", ...
 
     Raises:
-        ValueError: no teachers, an unknown rule, or teachers with different vocabulary sizes.
+        ValueError: no teachers, an unknown rule or ``vocab_rows``, "shared" without ``vocab_size``.
+        VocabularyMismatchError: a teacher whose rows do not fit V (the message points at ``lmdistill
+            adapt-teacher``).
     """
 
-    def __init__(self, teachers: Sequence[nn.Module], rule: str = "logits") -> None:
+    def __init__(
+        self,
+        teachers: Sequence[nn.Module],
+        rule: str = "logits",
+        *,
+        vocab_size: int | None = None,
+        vocab_rows: str | Sequence[str] = "exact",
+        names: Sequence[str] | None = None,
+    ) -> None:
         if not teachers:
             raise ValueError("an ensemble needs at least one teacher")
         if rule not in ENSEMBLE_RULES:
             raise ValueError(f"ensemble rule must be one of {ENSEMBLE_RULES}, got {rule!r}")
-        sizes = {getattr(t.config, "vocab_size", None) for t in teachers}
-        if len(sizes) != 1:
-            raise ValueError(
-                f"teachers have different vocabulary sizes {sorted(map(str, sizes))}: they must share one tokenizer"
-            )
+        modes = [vocab_rows] * len(teachers) if isinstance(vocab_rows, str) else list(vocab_rows)
+        names = list(names) if names is not None else [f"teacher {i}" for i in range(len(teachers))]
+        if len(modes) != len(teachers) or len(names) != len(teachers):
+            raise ValueError(f"need one vocab_rows and one name per teacher ({len(teachers)}), got {modes}, {names}")
+        rows = [embedding_rows(t) for t in teachers]
+        if vocab_size is None:
+            if "shared" in modes:
+                raise ValueError("vocab_rows 'shared' needs vocab_size (the run tokenizer's length)")
+            vocab_size, other = rows[0], (names[0], "embedding rows")
+        else:
+            other = ("this run's tokenizer", "tokens")
+        for name, n, mode in zip(names, rows, modes, strict=True):
+            kept_columns(name, n, vocab_size, mode, *other)
         self.teachers = [freeze(t) for t in teachers]
         self.rule = rule
-        self.vocab_size = sizes.pop()
+        self.vocab_size = int(vocab_size)
+        """V, the columns of every teacher's logits that are used."""
+        self.names = names
         windows = [
             getattr(t.config, "max_position_embeddings", None) or getattr(t.config, "n_positions", None)
             for t in teachers
@@ -101,7 +132,8 @@ class TeacherEnsemble:
             attentions (bool): ask every teacher for ``output_attentions`` (needs eager attention).
 
         Returns:
-            tuple: (B, T, V) float32 combined logits as ``__call__``, and the teachers' outputs in order.
+            tuple: (B, T, V) float32 combined logits as ``__call__``, and the teachers' outputs in order (each
+            output's ``logits`` cut to the first V columns).
         """
         extras = {}
         if hidden_states:
@@ -109,6 +141,8 @@ class TeacherEnsemble:
         if attentions:
             extras["output_attentions"] = True
         outputs = [t(input_ids=input_ids, attention_mask=attention_mask, **extras) for t in self.teachers]
+        for o in outputs:  # padding rows past V ("shared") are never seen: (B, T, rows) -> (B, T, V), a view
+            o.logits = o.logits[..., : self.vocab_size]
         return self._combine([o.logits.float() for o in outputs], temperature), outputs
 
     def _combine(self, all_logits: list[Tensor], temperature: float) -> Tensor:
