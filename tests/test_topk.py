@@ -147,7 +147,7 @@ def test_bad_shapes_and_k_are_named():
     with pytest.raises(ValueError, match="do not match the cached teacher's positions"):
         sparse_per_token(get_divergence("forward_kl"), torch.randn(2, 4, 9), top)
     wrong_vocab = TopKTeacher(top.log_probs, top.ids, top.log_tail, 1.0, 12)
-    with pytest.raises(ValueError, match="student vocabulary V=9 != cached teacher vocabulary V=12"):
+    with pytest.raises(ValueError, match="the cached teacher has 12 tokens and the student's logits has 9 columns"):
         sparse_per_token(get_divergence("forward_kl"), logits, wrong_vocab)
 
 

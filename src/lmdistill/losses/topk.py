@@ -164,9 +164,12 @@ def _check_positions(student_logits: Tensor, teacher: TopKTeacher) -> None:
             f"{tuple(teacher.shape)} (top-k {tuple(teacher.log_probs.shape)}, ids {tuple(teacher.ids.shape)})"
         )
     if student_logits.shape[-1] != teacher.vocab_size:
-        raise ValueError(
-            f"student vocabulary V={student_logits.shape[-1]} != cached teacher vocabulary V={teacher.vocab_size}"
-        )
+        from lmdistill.vocabulary import vocabulary_mismatch
+
+        raise vocabulary_mismatch(
+            "the cached teacher", teacher.vocab_size, "tokens", "the student's logits", student_logits.shape[-1],
+            "columns",
+        )  # fmt: skip
 
 
 def coarse_log_probs(student_logits: Tensor, teacher: TopKTeacher) -> tuple[Tensor, Tensor]:

@@ -43,10 +43,12 @@ def build_model(
     if cfg.path is not None:
         model = load_model(cfg.path, family=cfg.family, gguf_file=cfg.gguf_file)
         if model.config.vocab_size != vocab_size:
-            raise ValueError(
-                f"checkpoint {cfg.path} has vocab_size={model.config.vocab_size} but the run's tokenizer has "
-                f"{vocab_size}: the models of this run must share one tokenizer"
-            )
+            from lmdistill.vocabulary import vocabulary_mismatch
+
+            raise vocabulary_mismatch(
+                f"checkpoint {cfg.path}", model.config.vocab_size, "embedding rows", "the run's tokenizer", vocab_size,
+                "tokens",
+            )  # fmt: skip
         return model
     special = {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id}
     family = cfg.resolved_family
@@ -195,9 +197,11 @@ def load_model(
 
 
 def _forget_gguf_quantization(model: PreTrainedModel) -> None:
-    """A GGUF model is dequantised on load, yet transformers still marks it quantised (no ``.float()``, a
-    ``quantization_config`` saved with it): drop the marks, so that it is trained, cast and saved as a plain
-    float model."""
+    """Drop transformers' quantised marks from a GGUF model, which is dequantised to float on load.
+
+    Marked, it refuses ``.float()`` and saves a ``quantization_config``; unmarked, it is trained, cast and saved
+    as the plain float model it is.
+    """
     model.hf_quantizer = None
     model.is_quantized = False
     model.quantization_method = None
