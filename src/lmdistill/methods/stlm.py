@@ -166,9 +166,13 @@ class BitsPerByteConfig:
     """Whole documents in file order, up to this many bytes per source (every source of ``data.sources``)."""
     batch_size: int = 8
     """Windows per forward pass."""
+    max_length: int | None = 1024
+    """Tokens per scoring window (rolling windows over longer documents), capped by each model's context; null =
+    each model's whole context (SmolLM2: 8,192, slow on a CPU)."""
 
     def __post_init__(self) -> None:
         _check(self.max_bytes_per_source >= 1, "max_bytes_per_source", "must be >= 1")
+        _check(self.max_length is None or self.max_length >= 2, "max_length", "must be >= 2 or null")
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
 
 
@@ -286,6 +290,7 @@ def _bits_per_byte(
         "weights_sha256": fingerprint,
         "split": cfg.split,
         "max_bytes_per_source": cfg.max_bytes_per_source,
+        "max_length": cfg.max_length,
         "prefix_id": prefix_id,
         "documents": {k: len(v) for k, v in texts.items()},
     }
@@ -293,9 +298,13 @@ def _bits_per_byte(
         stored = json.loads(cached.read_text())
         if stored.get("key") == key:
             return stored["result"]
+    window = getattr(model.config, "max_position_embeddings", None) or cfg.max_length
+    max_length = min(cfg.max_length, window) if cfg.max_length else None
     result = bits_per_byte(
-        model, tokenizer, texts, batch_size=cfg.batch_size, device=_device(), progress=f"bits/byte {name}"
-    )
+        model, tokenizer, texts, max_length=max_length, batch_size=cfg.batch_size, device=_device(),
+        progress=f"bits/byte {name}",
+    )  # fmt: skip
+    result["max_length"] = max_length
     write_json(cached, {"key": key, "result": result})
     return result
 
