@@ -150,7 +150,7 @@ def test_adaptation_trains_only_the_new_parts_and_saves_a_plain_checkpoint(tmp_p
     entry = out["entry"]
     assert entry["adaptation"]["trained_parameters"] == (1 if tied else 2) * len(tiny_tokenizer) * 16
     curve = entry["curve"]
-    assert [p["step"] for p in curve] == [0, 2, 4]  # 6 steps: before training, every 2 (the last is the epoch's)
+    assert [p["step"] for p in curve] == [0, 2, 4, 6]  # 6 steps: before training, every 2, the epoch's end
     assert curve[0]["tokens"] == 0 and curve[1]["tokens"] == 2 * 4 * 16
     assert curve[-1]["dev_loss"] < curve[0]["dev_loss"]
 

@@ -352,7 +352,10 @@ def train(
         dev_loss = dev_loss_all_ranks()
         model.train()
         dev_by_epoch[epoch] = dev_loss
-        metrics.write({"event": "dev", "step": step, "epoch": epoch, "dev_loss": dev_loss})
+        record = {"event": "dev", "step": step, "epoch": epoch, "dev_loss": dev_loss}
+        if tokens_per_step:
+            record["tokens"] = step * tokens_per_step
+        metrics.write(record)
         log.info("%s: epoch %d, step %d, dev loss %.4f", desc, epoch, step, dev_loss)
 
     def run_dev_step() -> None:

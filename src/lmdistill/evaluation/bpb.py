@@ -242,7 +242,8 @@ def held_out_texts(
     Documents come from :func:`lmdistill.data.corpus.load_documents` (``<data_root>/corpus/<source>/<split>.txt``,
     the source's cleaning rule, blank lines between documents). They are taken whole, in file order, while the
     source's UTF-8 total stays within ``max_bytes_per_source``; a source whose first document alone is larger
-    still gives that one document (logged), so no source is left empty.
+    gives that document's first whole lines that fit (at least one line; logged), so no source is left empty and
+    no source exceeds the budget by more than one line.
 
     Args:
         data_root (str | Path): folder holding ``corpus/``.
@@ -281,14 +282,22 @@ def held_out_texts(
                 break
             kept.append(doc)
             used += size
-        if not kept:
-            kept = documents[:1]
+        if not kept and documents:  # the first document alone is over the budget: its first lines that fit
+            lines = documents[0].split("\n")
+            head = lines[0]
+            for line in lines[1:]:
+                if len((head + "\n" + line).encode("utf-8")) > max_bytes_per_source:
+                    break
+                head += "\n" + line
+            kept = [head]
             logger.info(
-                "%s/%s: the first document (%d bytes) is over the budget of %d bytes; taking it alone",
+                "%s/%s: the first document (%d bytes) is over the budget of %d bytes; taking its first %d bytes "
+                "(whole lines, at least one)",
                 config.name,
                 split,
                 len(documents[0].encode("utf-8")),
                 max_bytes_per_source,
+                len(head.encode("utf-8")),
             )
         out[config.name] = kept
     return out

@@ -147,11 +147,14 @@ def adapt_teacher_stage(
 
 
 def adaptation_curve(metrics_file: Path) -> list[dict[str, float]]:
-    """The dev loss against adaptation tokens: ``[{"step", "tokens", "dev_loss"}]`` from ``dev_step`` events."""
+    """The dev loss against adaptation tokens: ``[{"step", "tokens", "dev_loss"}]``.
+
+    Points come every ``eval_every_steps`` (``dev_step`` events) and at each epoch's end (``dev``).
+    """
     if not metrics_file.exists():
         return []
     points = {}
     for r in metric_records(metrics_file):
-        if r.get("event") == "dev_step":
+        if r.get("event") in ("dev_step", "dev"):
             points[r["step"]] = {"step": r["step"], "tokens": r.get("tokens"), "dev_loss": r["dev_loss"]}
     return [points[s] for s in sorted(points)]
