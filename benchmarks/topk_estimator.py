@@ -120,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperatures", type=float, nargs="*", default=[1.0, 2.0], help="temperatures T")
     parser.add_argument("--divergences", nargs="*", default=["forward_kl", "reverse_kl"], help="divergences D")
     parser.add_argument("--students", nargs="*", default=list(STUDENTS), choices=STUDENTS)
+    parser.add_argument(
+        "--student-logits",
+        type=Path,
+        help="saved (N, V) logits of a real student on the same positions as --teacher-logits: one more student, "
+        "'trained', measured against the file's teacher only",
+    )
     parser.add_argument("--random-std", type=float, default=0.5, help="std of the random student's logits")
     parser.add_argument("--peaky-std", type=float, default=3.0, help="std of the peaky student's logits")
     parser.add_argument("--noise-std", type=float, default=1.0, help="std of the perturbed student's logit noise")
@@ -145,9 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     lines = [header, "|" + "---|" * 9]
     print(header, flush=True)
     start = time.perf_counter()
+    real_student = load_teacher(args.student_logits, args.positions) if args.student_logits else None
     for teacher_name, teacher in teachers.items():
-        for student_kind in args.students:
-            student = student_logits(student_kind, teacher, args, generator)
+        kinds = list(args.students)
+        if real_student is not None and teacher_name.startswith("file ") and real_student.shape == teacher.shape:
+            kinds.append("trained")
+        for student_kind in kinds:
+            if student_kind == "trained":
+                student = real_student
+            else:
+                student = student_logits(student_kind, teacher, args, generator)
             for T in args.temperatures:
                 for r in gradient_errors(teacher, student, T, args.ks, args.divergences, dtype, args.device):
                     low, high = sorted(r[e] for e in ESTIMATORS)
@@ -179,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             f"- students: random = a random-init student, i.i.d. N(0, {args.random_std:g}^2) logits; peaky = a "
             f"confidently wrong one, i.i.d. N(0, {args.peaky_std:g}^2) logits; perturbed = a partly trained one, the "
             f"teacher's logits + i.i.d. N(0, {args.noise_std:g}^2) noise. Random and peaky are independent of the "
-            "teacher.",
+            "teacher."
+            + (f" trained = the saved logits of {args.student_logits.name}." if real_student is not None else ""),
             "- error: ||g_est - g_exact|| / ||g_exact||, the gradient of sum over positions of D(p_t^T, p_s^T) with "
             "respect to the student's logits, Frobenius norms over all N x V; exact = the dense D against the full "
             "teacher. top-k mass: the teacher's mean probability mass at T inside its top k. better: tie when the "

@@ -215,3 +215,24 @@ def test_held_out_texts_takes_whole_documents_in_order(data_root):
         held_out_texts(data_root, ["inagural"])
     with pytest.raises(ValueError, match="named twice"):
         held_out_texts(data_root, ["brown", "brown"])
+
+
+def test_eval_command_reports_bits_per_byte_of_checkpoints(tmp_path, tiny_llama, tiny_tokenizer, data_root, capsys):
+    """`lmdistill eval DIR --bits-per-byte SOURCES` = bits_per_byte on held_out_texts, written per model."""
+    import json
+
+    from lmdistill.cli import main
+
+    folder = tmp_path / "tiny"
+    tiny_llama.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    out = tmp_path / "out"
+    code = main(["eval", str(folder), "--bits-per-byte", "inaugural,abc", "--bpb-bytes", "800",
+                 "--output-dir", str(out), "--data-root", str(data_root)])  # fmt: skip
+    assert code == 0
+    assert "| tiny |" in capsys.readouterr().out
+    saved = json.loads((out / "tiny" / "bits_per_byte.json").read_text())
+    texts = held_out_texts(data_root, ["inaugural", "abc"], max_bytes_per_source=800)
+    direct = bits_per_byte(tiny_llama, tiny_tokenizer, texts, max_length=256)
+    assert saved["bits_per_byte"] == pytest.approx(direct["bits_per_byte"], rel=1e-6)
+    assert set(saved["per_source"]) == {"inaugural", "abc"} and saved["max_length"] == 256

@@ -213,6 +213,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from lmdistill.evaluation.checkpoints import evaluate_checkpoints
     from lmdistill.reporting.tasks import task_table
 
+    if args.bits_per_byte:
+        from lmdistill.data.root import resolve_data_root
+        from lmdistill.evaluation.bpb import checkpoint_bits_per_byte
+
+        sources = [s for s in args.bits_per_byte.split(",") if s] if args.bits_per_byte != "all" else None
+        bpb = checkpoint_bits_per_byte(
+            args.model_dirs, resolve_data_root(args.data_root), args.output_dir, sources=sources,
+            max_bytes_per_source=args.bpb_bytes, device=args.device,
+        )  # fmt: skip
+        print("| model | bits/byte | bits/word | tokens | bytes |\n|---|---:|---:|---:|---:|")
+        for name, r in bpb.items():
+            print(f"| {name} | {r['bits_per_byte']:.4f} | {r['bits_per_word']:.3f} | {r['num_tokens']:,} | "
+                  f"{r['num_bytes']:,} |")  # fmt: skip
+        print(f"wrote {args.output_dir}/<model>/bits_per_byte.json")
+        if not args.tasks and not file_specs:
+            return 0
     tasks = args.tasks or (",".join(s.name for s in file_specs) if file_specs else DEFAULT_EVAL_TASKS)
     evals = evaluate_checkpoints(
         args.model_dirs,
@@ -337,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     ev.add_argument("--data-root", help="data folder (default: $LMDISTILL_DATA, else ../shared/data)")
     ev.add_argument("--list-tasks", action="store_true", help="list the tasks (with the --task-file ones) and exit")
+    ev.add_argument("--bits-per-byte", nargs="?", const="all", metavar="SOURCES",
+                    help="bits per byte (and per word) of held-out corpus text, each model in its own tokenizer: "
+                    "comparable across vocabularies; SOURCES = comma-separated corpus sources (default: all); "
+                    "with no --tasks, only this")  # fmt: skip
+    ev.add_argument("--bpb-bytes", type=int, default=20000, help="--bits-per-byte: bytes of text per source")
     ev.set_defaults(handler=_cmd_eval)
 
     report = sub.add_parser("report", help="rebuild report.md and plots of run folders; compare several runs")

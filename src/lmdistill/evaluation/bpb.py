@@ -30,7 +30,7 @@ from lmdistill.config import SourceConfig
 from lmdistill.data.corpus import Split, load_documents
 from lmdistill.evaluation.scoring import hf_logits_fn, prefix_token_id
 
-__all__ = ["bits_per_byte", "held_out_texts", "rolling_windows"]
+__all__ = ["bits_per_byte", "checkpoint_bits_per_byte", "corpus_sources", "held_out_texts", "rolling_windows"]
 
 logger = logging.getLogger(__name__)
 
@@ -301,3 +301,56 @@ def held_out_texts(
             )
         out[config.name] = kept
     return out
+
+
+def corpus_sources(data_root: str | Path) -> list[str]:
+    """The corpus sources under a data root (``corpus/<source>/``), sorted."""
+    folder = Path(data_root) / "corpus"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no corpus folder under the data root: {folder}")
+    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+
+
+def checkpoint_bits_per_byte(
+    model_dirs: Sequence[str | Path],
+    data_root: str | Path,
+    output_dir: str | Path,
+    *,
+    sources: Sequence[str] | None = None,
+    max_bytes_per_source: int = 20_000,
+    max_length: int | None = 1024,
+    batch_size: int = 8,
+    device: str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """``lmdistill eval --bits-per-byte``: bits per byte of held-out corpus text for checkpoint folders.
+
+    Each model is scored in its own tokenizer on the same documents (``held_out_texts``, dev split), in windows of
+    at most ``max_length`` tokens (capped by the model's context); ``OUT/<model>/bits_per_byte.json`` keeps each
+    result (written atomically).
+
+    Returns:
+        dict: model folder name -> ``bits_per_byte``'s result (with ``per_source``).
+
+    Raises:
+        FileNotFoundError: a missing corpus file or checkpoint folder.
+    """
+    from lmdistill.atomic import write_json
+    from lmdistill.models import load_model, load_model_tokenizer
+
+    texts = held_out_texts(data_root, list(sources or corpus_sources(data_root)), "dev", max_bytes_per_source)
+    results = {}
+    for folder in model_dirs:
+        folder = Path(folder)
+        model = load_model(folder).eval()
+        tokenizer = load_model_tokenizer(folder)
+        window = getattr(model.config, "max_position_embeddings", None) or max_length
+        length = min(max_length, window) if max_length and window else max_length or window
+        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        result = bits_per_byte(
+            model.to(target), tokenizer, texts, max_length=length, batch_size=batch_size, device=target,
+            progress=f"bits/byte {folder.name}",
+        )  # fmt: skip
+        result["max_length"] = length
+        write_json(Path(output_dir) / folder.name / "bits_per_byte.json", result)
+        results[folder.name] = result
+    return results
