@@ -318,3 +318,27 @@ def test_stlm_smoke_runs_end_to_end_and_resumes(tmp_path, smoke_teacher, data_ro
                  "--run-dir", str(run_dir), "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
     assert code == 0
     assert "teacher-mean_of_subwords" in capsys.readouterr().out
+
+
+def test_a_pretrained_tokenizer_is_used_as_it_is(tmp_path, data_root):
+    """tokenizer.pretrained (the stlm recipe's GPT-2): no training; pad and bos fall back to eos."""
+    from tokenizers import Tokenizer, models
+
+    from lmdistill.config.sections import DataConfig, SourceConfig, TokenizerConfig
+    from lmdistill.data.tokenizer import tokenizer_fingerprint
+    from lmdistill.methods.stages import prepare_corpus
+
+    vocab = {"<|endoftext|>": 0, **{chr(c): i + 1 for i, c in enumerate(range(32, 127))}, "<unk>": 96}
+    gpt2_like = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.BPE(vocab, [], unk_token="<unk>")),  # characters, no merges
+        eos_token="<|endoftext|>",
+        unk_token="<unk>",
+    )
+    folder = tmp_path / "tok"
+    gpt2_like.save_pretrained(folder)
+    data = DataConfig(sources=[SourceConfig(name="inaugural", max_words=300, dev_max_words=200)], block_size=16)
+    corpus = prepare_corpus(data, TokenizerConfig(pretrained=str(folder)), 0, tmp_path / "run", data_root, tmp_path)
+    tok = corpus.tokenizer
+    assert len(tok) == 97 and tok.pad_token == tok.bos_token == tok.eos_token == "<|endoftext|>"
+    assert corpus.info["tokenizer_sha256"] == tokenizer_fingerprint(tok)
+    assert int(corpus.train.tokens[0]) == 0  # documents start with the bos (= eos) token
