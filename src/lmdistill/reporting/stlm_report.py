@@ -253,10 +253,37 @@ def _cost_text(results: dict[str, Any]) -> str:
     return text
 
 
+def _teacher_sentence(results: dict[str, Any]) -> str:
+    """What adaptation cost the teacher, in bits per byte and BLiMP."""
+    models = results.get("models", {})
+    original = next((m for m in models.values() if m.get("stage") == "original"), None)
+    adapted = {n: m for n, m in models.items() if m.get("stage") == "adapted"}
+    if original is None or not adapted:
+        return ""
+
+    def bpb(m: dict[str, Any]) -> float | None:
+        return (m.get("bits_per_byte") or {}).get("bits_per_byte")
+
+    def blimp(m: dict[str, Any]) -> str:
+        value = (m.get("blimp") or {}).get("overall")
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    parts = [
+        f"{m['adaptation']['init']} {bpb(m):.3f} bits/byte and BLiMP {blimp(m)}"
+        for m in adapted.values()
+        if _number(bpb(m))
+    ]
+    return (
+        f"The teacher in its own vocabulary: {bpb(original):.3f} bits/byte, BLiMP {blimp(original)}; adapted to the "
+        f"run's vocabulary: {'; '.join(parts)}."
+    )
+
+
 def render_stlm_report(results: dict[str, Any], plots: list[str]) -> str:
     """report.md's text for an ``stlm`` run's results.json."""
     rows = variant_rows(results)
     diff_table, sentence = _differences_text(results)
+    sentence = f"{_teacher_sentence(results)} {sentence}".strip()
     text_info = results.get("data", {}).get("bits_per_byte_text", {})
     seeds = results.get("recipe", {}).get("seeds", [])
     parts = [
