@@ -171,16 +171,28 @@ def test_a_typo_in_an_override_is_reported_as_the_command_lines(tmp_path):
         load_recipe(str(tmp_path / "r.yaml"), ["student.train.epochs=3"])
 
 
-def test_recipes_ls_imports_no_torch_or_transformers():
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["recipes", "ls"],
+        ["recipes", "show", "stlm-cpu", "seeds=[1]"],
+        ["recipes", "validate", "babyllama-cpu"],
+        ["recipes", "validate", "stlm-cpu", "teacher.inits=[random]", "teacher.use=best"],
+        ["eval", "--list-tasks"],
+        ["recipes", "show", "babyllama-cpu", "student.train.epoks=3"],  # a typo: the error needs no model either
+    ],
+)
+def test_commands_that_need_no_model_import_no_torch_or_transformers(argv):
     import subprocess
     import sys
 
     code = (
-        "import sys; from lmdistill.cli import main; rc = main(['recipes', 'ls']); "
+        f"import sys; from lmdistill.cli import main; rc = main({argv!r}); "
         "print(rc, 'torch' in sys.modules, 'transformers' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines()[-1] == "0 False False"
+    rc = 2 if "epoks" in " ".join(argv) else 0
+    assert out.strip().splitlines()[-1] == f"{rc} False False"
 
 
 def test_a_data_root_without_evaluation_data_fails_before_training(tmp_path, data_root, capsys):

@@ -144,10 +144,10 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
         else:
             print(recipe_path(args.target).read_text(encoding="utf-8"), end="")
         return 0
-    from lmdistill.methods import get_method
+    from lmdistill.methods import get_recipe_section
 
     recipe = load_recipe(args.target, args.overrides)
-    problems = get_method(recipe.method).validate_data(recipe, args.data_root)
+    problems = get_recipe_section(recipe.method).validate_data(recipe, args.data_root)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     print(
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("httpx", "urllib3", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if getattr(args, "action", None) == "ls":  # needs no model: no torch or transformers to import
+    if args.command == "recipes" or getattr(args, "list_tasks", False):  # no model: no torch or transformers
         from lmdistill.config import ConfigError
 
         try:

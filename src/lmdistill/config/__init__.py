@@ -65,7 +65,7 @@ _METHOD_SECTIONS = {
 def __getattr__(name: str) -> Any:
     """Baby Llama's sections, under their earlier names (``RecipeConfig`` is ``BabyLlamaRecipe``)."""
     if name in _METHOD_SECTIONS:
-        from lmdistill.methods import babyllama
+        from lmdistill.methods import babyllama_recipe
 
-        return getattr(babyllama, _METHOD_SECTIONS[name])
+        return getattr(babyllama_recipe, _METHOD_SECTIONS[name])
     raise AttributeError(f"module 'lmdistill.config' has no attribute {name!r}")

@@ -109,7 +109,7 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Any:
         ConfigError: a key or value is wrong, or the method is unknown (the message starts with the file, or with
             "command line" for a bad override, and the key path).
     """
-    from lmdistill.methods import get_method
+    from lmdistill.methods import get_recipe_section
 
     path = recipe_path(name_or_path)
     data = read_recipe_data(path)
@@ -120,7 +120,7 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Any:
         raise ConfigError(f"command line: {err}") from None
     _absolute_task_files(data, Path.cwd())  # entries from the command line: relative to the working folder
     try:
-        method = get_method(str(data.get("method", DEFAULT_METHOD)))
+        method = get_recipe_section(str(data.get("method", DEFAULT_METHOD)))
         data = method.normalize_recipe(data)
         return from_dict(method.Recipe, data)
     except ConfigError as err:

@@ -1,23 +1,34 @@
-"""Zero-shot evaluation: log-likelihood scoring of texts and BLiMP minimal pairs, bits per byte, and task files."""
+"""Zero-shot evaluation: log-likelihood scoring of texts and BLiMP minimal pairs, bits per byte, and task files.
 
-from lmdistill.evaluation.blimp import MinimalPair, evaluate_blimp, list_paradigms, load_blimp
-from lmdistill.evaluation.bpb import bits_per_byte, held_out_texts
-from lmdistill.evaluation.scoring import HFLogitsFn, LogitsFn, hf_logits_fn, score_texts
-from lmdistill.evaluation.taskfile import TaskFileError, load_task_file, register_task_file, register_task_files
+The names below are imported on first use (PEP 562), so that reading task files and recipes does not import torch.
+"""
 
-__all__ = [
-    "HFLogitsFn",
-    "LogitsFn",
-    "MinimalPair",
-    "TaskFileError",
-    "bits_per_byte",
-    "evaluate_blimp",
-    "held_out_texts",
-    "hf_logits_fn",
-    "list_paradigms",
-    "load_blimp",
-    "load_task_file",
-    "register_task_file",
-    "register_task_files",
-    "score_texts",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "HFLogitsFn": "scoring",
+    "LogitsFn": "scoring",
+    "MinimalPair": "blimp",
+    "TaskFileError": "taskfile",
+    "bits_per_byte": "bpb",
+    "evaluate_blimp": "blimp",
+    "held_out_texts": "bpb",
+    "hf_logits_fn": "scoring",
+    "list_paradigms": "blimp",
+    "load_blimp": "blimp",
+    "load_task_file": "taskfile",
+    "register_task_file": "taskfile",
+    "register_task_files": "taskfile",
+    "score_texts": "scoring",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"lmdistill.evaluation.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'lmdistill.evaluation' has no attribute {name!r}")

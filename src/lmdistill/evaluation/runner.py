@@ -16,40 +16,11 @@ import torch
 
 from lmdistill.evaluation.metrics import aggregate, score_item
 from lmdistill.evaluation.scoring import Request, loglikelihood
-from lmdistill.evaluation.tasks import Doc, TaskSpec, get_task, load_docs
+from lmdistill.evaluation.tasks import Doc, TaskSpec, load_docs, resolve_tasks, task_specs
 
 __all__ = ["evaluate_tasks", "resolve_tasks", "task_specs"]
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_tasks(tasks: Sequence[str | TaskSpec] | str) -> list[TaskSpec]:
-    """Task specs from names ("blimp,arc_easy" or a list) or specs, in order, without duplicates.
-
-    Raises:
-        KeyError: an unknown task name; the message lists the known tasks.
-        ValueError: no tasks.
-    """
-    if isinstance(tasks, str):
-        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
-    specs = [get_task(t) if isinstance(t, str) else t for t in tasks]
-    if not specs:
-        raise ValueError("no tasks to evaluate")
-    return list({s.name: s for s in specs}.values())
-
-
-def task_specs(config: Any) -> list[TaskSpec]:
-    """The task specs of a recipe's ``evaluation`` section (``EvaluationConfig``), BLiMP options applied.
-
-    Raises:
-        KeyError: an unknown task name.
-    """
-    specs = resolve_tasks(config.tasks) if config.tasks else []
-    subsets = tuple(config.blimp_paradigms) if config.blimp_paradigms is not None else None
-    return [
-        s.replace(subsets=subsets, target_delimiter=config.blimp_target_delimiter) if s.name == "blimp" else s
-        for s in specs
-    ]
 
 
 def evaluate_tasks(

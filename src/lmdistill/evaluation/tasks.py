@@ -24,14 +24,26 @@ can also be written in Python: a loader (data root -> list of :class:`Doc`) and 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from lmdistill.data.root import resolve_data_root
 from lmdistill.evaluation.spec import Doc, TaskSpec
 from lmdistill.evaluation.taskfile import load_packaged_tasks
 from lmdistill.registry import Registry
 
-__all__ = ["TASKS", "Doc", "TaskSpec", "get_task", "load_docs", "mmlu_subjects"]
+__all__ = [
+    "TASKS",
+    "Doc",
+    "TaskSpec",
+    "get_task",
+    "load_docs",
+    "mmlu_subjects",
+    "resolve_tasks",
+    "task_data_problems",
+    "task_specs",
+]
 
 TASKS: Registry[TaskSpec] = Registry("task")
 
@@ -66,6 +78,50 @@ def load_docs(spec: TaskSpec | str, data_root: str | os.PathLike[str] | None = N
         raise ValueError(f"limit must be >= 0 or None, got {limit}")
     spec = get_task(spec) if isinstance(spec, str) else spec
     return spec.loader(resolve_data_root(data_root), spec, limit)
+
+
+def resolve_tasks(tasks: Sequence[str | TaskSpec] | str) -> list[TaskSpec]:
+    """Task specs from names ("blimp,arc_easy" or a list) or specs, in order, without duplicates.
+
+    Raises:
+        KeyError: an unknown task name; the message lists the known tasks.
+        ValueError: no tasks.
+    """
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    specs = [get_task(t) if isinstance(t, str) else t for t in tasks]
+    if not specs:
+        raise ValueError("no tasks to evaluate")
+    return list({s.name: s for s in specs}.values())
+
+
+def task_specs(config: Any) -> list[TaskSpec]:
+    """The task specs of a recipe's ``evaluation`` section (``EvaluationConfig``), BLiMP options applied.
+
+    Raises:
+        KeyError: an unknown task name.
+    """
+    specs = resolve_tasks(config.tasks) if config.tasks else []
+    subsets = tuple(config.blimp_paradigms) if config.blimp_paradigms is not None else None
+    return [
+        s.replace(subsets=subsets, target_delimiter=config.blimp_target_delimiter) if s.name == "blimp" else s
+        for s in specs
+    ]
+
+
+def task_data_problems(evaluation: Any, data_root: Path) -> list[str]:
+    """What is missing or malformed in the data of a recipe's evaluation tasks (empty: every task loads).
+
+    Each task reads its first item (of each BLiMP paradigm and MMLU subject), so a missing folder or file fails
+    here, before anything trains, rather than after the models are trained.
+    """
+    problems = []
+    for spec in task_specs(evaluation):
+        try:
+            load_docs(spec, data_root, limit=1)
+        except (OSError, ValueError, KeyError) as err:
+            problems.append(f"evaluation task {spec.name}: {err}")
+    return problems
 
 
 def mmlu_subjects(root: Path) -> list[str]:

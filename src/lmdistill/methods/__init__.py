@@ -22,13 +22,20 @@ from types import ModuleType
 from lmdistill.config.schema import ConfigError
 from lmdistill.registry import did_you_mean
 
-__all__ = ["METHODS", "get_method"]
+__all__ = ["METHODS", "RECIPE_SECTIONS", "get_method", "get_recipe_section"]
 
 METHODS: dict[str, str] = {
     "babyllama": "lmdistill.methods.babyllama",
     "stlm": "lmdistill.methods.stlm",
 }
 """Method name -> module. Planned: tinybert, rationale."""
+
+RECIPE_SECTIONS: dict[str, str] = {
+    "babyllama": "lmdistill.methods.babyllama_recipe",
+    "stlm": "lmdistill.methods.stlm_recipe",
+}
+"""Method name -> the module of its recipe section alone (``NAME``, ``DESCRIPTION``, ``Recipe``,
+``normalize_recipe``), importable without torch: what reading and checking a recipe needs."""
 
 
 def get_method(name: str) -> ModuleType:
@@ -42,3 +49,15 @@ def get_method(name: str) -> ModuleType:
             f"method: unknown method {name!r}.{did_you_mean(name, list(METHODS))} Known: {', '.join(METHODS)}"
         )
     return importlib.import_module(METHODS[name])
+
+
+def get_recipe_section(name: str) -> ModuleType:
+    """The recipe-section module of method ``name`` (no torch import; ``get_method`` for its stages).
+
+    Raises:
+        ConfigError: an unknown method (as ``get_method``).
+    """
+    if name not in RECIPE_SECTIONS:
+        get_method(name)  # raises the unknown-method error
+        return importlib.import_module(METHODS[name])  # a method without a separate section module
+    return importlib.import_module(RECIPE_SECTIONS[name])

@@ -11,57 +11,23 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from lmdistill.atomic import write_json
-from lmdistill.config.schema import check as _check
-from lmdistill.config.sections import ModelConfig, TrainConfig
 from lmdistill.losses.objective import DistillationObjective
 from lmdistill.methods.stages import CorpusData
+from lmdistill.methods.stlm_recipe import AdaptationConfig
 from lmdistill.models import count_parameters, load_model, load_model_tokenizer
-from lmdistill.models.adapt import INITS, adapt_vocabulary, freeze_body, trainable_parameters
+from lmdistill.models.adapt import adapt_vocabulary, freeze_body, trainable_parameters
 from lmdistill.training import train
 from lmdistill.training_state import metric_records
 
 __all__ = ["AdaptationConfig", "adapt_teacher_stage", "adaptation_curve", "load_teacher", "teacher_stage_name"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class AdaptationConfig:
-    """A pretrained teacher with its own tokenizer and how it is adapted to the run's (the student's) vocabulary."""
-
-    model: ModelConfig
-    """The teacher: ``path`` (an HF folder, ``package:NAME``, a Hub id) and optionally ``gguf_file``."""
-    train: TrainConfig
-    """Schedule of the new embedding and head (the body is frozen); ``eval_every_steps`` draws the curve."""
-    inits: list[Literal["random", "mean_of_subwords"]] = field(default_factory=lambda: ["mean_of_subwords"])
-    """Initialisations to adapt and compare: "random" (STLM) and/or "mean_of_subwords" (FVT)."""
-    use: str = "best"
-    """The adapted teacher the students learn from: "best" (the lowest final dev loss among ``inits``) or an init."""
-    special_tokens: dict[str, str] = field(default_factory=dict)
-    """Run tokenizer's special token -> teacher token whose row it starts from (FVT), e.g. ``{"<s>":
-    "<|endoftext|>"}``; unlisted specials map by role (bos to bos, ...). The token ``<s>`` maps to is also the
-    prefix of the teacher's evaluation in its own vocabulary, so that both see the same context token."""
-    train_final_norm: bool = False
-    """Also train the body's final norm (the rest of the body stays frozen)."""
-
-    def __post_init__(self) -> None:
-        _check(self.model.path is not None, "model.path", "the teacher to adapt must be given by model.path")
-        _check(len(self.inits) >= 1, "inits", "must list at least one of random, mean_of_subwords")
-        _check(len(set(self.inits)) == len(self.inits), "inits", f"an init is named twice: {self.inits}")
-        for i, init in enumerate(self.inits):
-            _check(init in INITS, f"inits.{i}", f"must be one of {list(INITS)}, got {init!r}")
-        _check(
-            self.use == "best" or self.use in self.inits,
-            "use",
-            f"must be 'best' or one of inits {self.inits}, got {self.use!r}",
-        )
 
 
 def teacher_stage_name(init: str) -> str:

@@ -34,7 +34,9 @@ from lmdistill.data.tokenizer import (
 )
 from lmdistill.data.tokens import tokenize_documents
 from lmdistill.distributed import process_state
-from lmdistill.evaluation.runner import evaluate_tasks, task_specs
+from lmdistill.evaluation.runner import evaluate_tasks
+from lmdistill.evaluation.tasks import task_data_problems as evaluation_data_problems
+from lmdistill.evaluation.tasks import task_specs
 from lmdistill.losses.objective import DistillationObjective
 from lmdistill.methods.runfolder import check_run_folder, clear_record, record_recipe, remove_stale_temporaries
 from lmdistill.models import build_model, count_parameters, family_of, load_model, load_model_tokenizer
@@ -544,20 +546,3 @@ def evaluate_model(
     if missing:
         write_json(cached, {"key": key, "tasks": done})
     return {s.name: done[s.name] for s in specs}
-
-
-def evaluation_data_problems(evaluation: EvaluationConfig, data_root: Path) -> list[str]:
-    """What is missing or malformed in the data of the recipe's evaluation tasks (empty: every task loads).
-
-    Each task reads its first item (of each BLiMP paradigm and MMLU subject), so a missing folder or file fails
-    here, before anything trains, rather than after the models are trained.
-    """
-    from lmdistill.evaluation.tasks import load_docs
-
-    problems = []
-    for spec in task_specs(evaluation):
-        try:
-            load_docs(spec, data_root, limit=1)
-        except (OSError, ValueError, KeyError) as err:
-            problems.append(f"evaluation task {spec.name}: {err}")
-    return problems

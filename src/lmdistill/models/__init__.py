@@ -1,17 +1,30 @@
-"""Models: build from a recipe architecture or load (folder, Hub id, GGUF), and the families' label rules."""
+"""Models: build from a recipe architecture or load (folder, Hub id, GGUF), and the families' label rules.
 
-from lmdistill.models.build import build_model, count_parameters, load_model, load_model_tokenizer, resolve_model_path
-from lmdistill.models.families import FAMILIES, IGNORE_INDEX, ModelFamily, family_of, get_family
+The names below are imported on first use (PEP 562): ``resolve_model_path`` needs no torch, the rest do.
+"""
 
-__all__ = [
-    "FAMILIES",
-    "IGNORE_INDEX",
-    "ModelFamily",
-    "build_model",
-    "count_parameters",
-    "family_of",
-    "get_family",
-    "load_model",
-    "load_model_tokenizer",
-    "resolve_model_path",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "FAMILIES": "families",
+    "IGNORE_INDEX": "families",
+    "ModelFamily": "families",
+    "build_model": "build",
+    "count_parameters": "build",
+    "family_of": "families",
+    "get_family": "families",
+    "load_model": "build",
+    "load_model_tokenizer": "build",
+    "resolve_model_path": "paths",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"lmdistill.models.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'lmdistill.models' has no attribute {name!r}")

