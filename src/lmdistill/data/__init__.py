@@ -5,8 +5,7 @@ The names below are imported on first use (PEP 562), so that resolving the data 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lmdistill.lazy import lazy_exports
 
 _EXPORTS = {
     "CLEANERS": "corpus",
@@ -25,8 +24,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"lmdistill.data.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'lmdistill.data' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -42,7 +42,7 @@ from lmdistill.methods.babyllama_recipe import (
     normalize_recipe,
     validate_data,
 )
-from lmdistill.methods.runfolder import Invocation, results_payload, run_lock, write_results
+from lmdistill.methods.runfolder import Invocation, results_payload, run_recorded, write_results
 from lmdistill.methods.stages import (
     CorpusData,
     check_model_path,
@@ -230,25 +230,11 @@ def run(
     from lmdistill.reporting.report import write_report
 
     run_dir = Path(run_dir)
-    main_process = process_state().is_main_process
-    with run_lock(run_dir):  # one process per run folder, from the first check to the report
-        invocation = Invocation(run_dir)
-        outcome = "failed"
-        try:
-            payload = _run_stages(recipe, run_dir, invocation, data_root, resume, cache_dir)
-            outcome = "finished"
-        except KeyboardInterrupt:
-            outcome = "interrupted"
-            raise
-        except Exception as err:  # noqa: BLE001 - recorded, then raised again
-            outcome = "interrupted" if type(err).__name__ == "TrainingInterrupted" else "failed"
-            raise
-        finally:
-            if main_process and (run_dir / "recipe.yaml").exists():
-                invocation.end(outcome)
-        if main_process:
-            write_report(run_dir)
-    return payload
+    return run_recorded(
+        run_dir,
+        lambda invocation: _run_stages(recipe, run_dir, invocation, data_root, resume, cache_dir),
+        write_report,
+    )
 
 
 def _run_stages(

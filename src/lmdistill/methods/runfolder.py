@@ -30,7 +30,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -54,6 +54,7 @@ __all__ = [
     "remove_stale_temporaries",
     "results_payload",
     "run_lock",
+    "run_recorded",
     "stage_outputs",
     "versions",
     "write_results",
@@ -427,6 +428,43 @@ class Invocation:
 
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def run_recorded(
+    run_dir: Path, stages: Callable[[Invocation], dict[str, Any]], report: Callable[[Path], Any]
+) -> dict[str, Any]:
+    """A method's whole run under the folder's lock: its ``stages``, the invocation's record, then its ``report``.
+
+    The invocation is recorded in ``invocations.jsonl`` as finished, interrupted (Ctrl-C, ``TrainingInterrupted``)
+    or failed, once the folder has a recipe; the report is written by rank 0 after stages that finished.
+
+    Args:
+        run_dir (Path): the run folder.
+        stages (Callable): the invocation -> results.json's payload (every process runs it).
+        report (Callable): the run folder -> writes report.md (rank 0 only).
+
+    Returns:
+        dict: what ``stages`` returned.
+    """
+    main_process = process_state().is_main_process
+    with run_lock(run_dir):  # one process per run folder, from the first check to the report
+        invocation = Invocation(run_dir)
+        outcome = "failed"
+        try:
+            payload = stages(invocation)
+            outcome = "finished"
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+            raise
+        except Exception as err:  # noqa: BLE001 - recorded, then raised again
+            outcome = "interrupted" if type(err).__name__ == "TrainingInterrupted" else "failed"
+            raise
+        finally:
+            if main_process and (run_dir / "recipe.yaml").exists():
+                invocation.end(outcome)
+        if main_process:
+            report(run_dir)
+    return payload
 
 
 def results_payload(recipe: Any, invocation: Invocation, data: dict[str, Any], models: dict[str, Any]) -> dict:

@@ -35,7 +35,7 @@ from lmdistill.evaluation.blimp import blimp_summary
 from lmdistill.evaluation.scoring import hf_logits_fn
 from lmdistill.losses.objective import DistillationObjective
 from lmdistill.methods.adaptation import adapt_teacher_stage, load_teacher, teacher_stage_name
-from lmdistill.methods.runfolder import Invocation, results_payload, run_lock, write_results
+from lmdistill.methods.runfolder import Invocation, results_payload, run_recorded, write_results
 from lmdistill.methods.stages import (
     CorpusData,
     evaluate_model,
@@ -267,24 +267,11 @@ def run(
     from lmdistill.reporting.stlm_report import write_stlm_report
 
     run_dir = Path(run_dir)
-    with run_lock(run_dir):
-        invocation = Invocation(run_dir)
-        outcome = "failed"
-        try:
-            payload = _run_stages(recipe, run_dir, invocation, data_root, resume, cache_dir)
-            outcome = "finished"
-        except KeyboardInterrupt:
-            outcome = "interrupted"
-            raise
-        except Exception as err:  # noqa: BLE001 - recorded, then raised again
-            outcome = "interrupted" if type(err).__name__ == "TrainingInterrupted" else "failed"
-            raise
-        finally:
-            if process_state().is_main_process and (run_dir / "recipe.yaml").exists():
-                invocation.end(outcome)
-        if process_state().is_main_process:
-            write_stlm_report(run_dir)
-    return payload
+    return run_recorded(
+        run_dir,
+        lambda invocation: _run_stages(recipe, run_dir, invocation, data_root, resume, cache_dir),
+        write_stlm_report,
+    )
 
 
 def adapt_teacher_run(

@@ -5,8 +5,7 @@ The names below are imported on first use (PEP 562): ``resolve_model_path`` need
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lmdistill.lazy import lazy_exports
 
 _EXPORTS = {
     "FAMILIES": "families",
@@ -23,8 +22,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"lmdistill.models.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'lmdistill.models' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
