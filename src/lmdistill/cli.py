@@ -392,6 +392,15 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, OSError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+    if args.command in ("run", "cache-teacher", "adapt-teacher"):  # a bad recipe or override fails before torch loads
+        from lmdistill.config import ConfigError
+
+        try:
+            if _run_recipe(args) is None:
+                return 2  # _run_recipe said why
+        except (ConfigError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # per-save "Writing model shards" bars drown the run's own
