@@ -9,9 +9,11 @@ A method module provides:
   payload;
 - ``validate_data(recipe, data_root)``: the data problems found before anything trains (empty list: none).
 
-The stage machinery every method shares lives once: ``lmdistill.methods.runfolder`` (run folder, resume checks,
-results.json) and ``lmdistill.methods.stages`` (corpus data, train or load a model, evaluate it). Adding a method
-is adding a module here and its name to ``METHODS``.
+The first four and ``validate_data`` live in a torch-free ``<name>_recipe`` module (``RECIPE_SECTIONS``), which
+the method module re-exports: reading and checking a recipe (``lmdistill recipes show/validate``) then imports no
+torch. The stage machinery every method shares lives once: ``lmdistill.methods.runfolder`` (run folder, resume
+checks, ``run_recorded``, results.json) and ``lmdistill.methods.stages`` (corpus data, train or load a model,
+evaluate it). Adding a method is adding its two modules here and its name to ``METHODS`` and ``RECIPE_SECTIONS``.
 """
 
 from __future__ import annotations
