@@ -11,12 +11,17 @@ from __future__ import annotations
 import torch
 from accelerate import PartialState
 
-__all__ = ["on_cpu", "process_state"]
+__all__ = ["default_device", "on_cpu", "process_state"]
 
 
 def on_cpu() -> bool:
     """True when there is no CUDA device, so processes talk over gloo on the CPU."""
     return not torch.cuda.is_available()
+
+
+def default_device() -> torch.device:
+    """Where a stage puts its models outside the training loop: the CUDA device when there is one, else the CPU."""
+    return torch.device("cpu" if on_cpu() else "cuda")
 
 
 def process_state() -> PartialState:

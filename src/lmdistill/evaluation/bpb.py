@@ -145,7 +145,8 @@ def bits_per_byte(
         tokenizer (PreTrainedTokenizerBase): the model's tokenizer.
         texts (Sequence[str] | Mapping[str, Sequence[str]]): documents, or ``{source name: documents}`` to also
             get the metrics per source.
-        max_length (int | None): window in tokens; default ``model.max_length`` (the HF config's
+        max_length (int | None): window in tokens, capped by ``model.max_length`` when the model has one; default
+            ``model.max_length`` (the HF config's
             ``n_positions`` / ``max_position_embeddings`` / ``n_ctx``), else unlimited (one window per document).
         batch_size (int): windows per forward pass.
         device (str | torch.device | None): where inputs go; default ``model.device``, else CPU.
@@ -154,7 +155,8 @@ def bits_per_byte(
         progress (str | None): if given, the description of a tqdm progress bar over windows.
 
     Returns:
-        dict: ``nll`` (float, nats), ``num_bytes``, ``num_words``, ``num_tokens``, ``num_documents`` (int),
+        dict: ``nll`` (float, nats), ``num_bytes``, ``num_words``, ``num_tokens``, ``num_documents``,
+        ``max_length`` (the window used; None: whole documents) (int),
         ``bits_per_byte``, ``bits_per_word``, ``nats_per_token``, ``byte_perplexity``, ``word_perplexity``
         (float; the word metrics are NaN when there are no words), and, when ``texts`` is a mapping,
         ``per_source``: ``{name: the same fields}``, whose sums are the totals.
@@ -172,10 +174,10 @@ def bits_per_byte(
     prefix_id = prefix_token_id(tokenizer, prefix)
     if isinstance(model, torch.nn.Module) and hasattr(model, "get_output_embeddings"):
         model = hf_logits_fn(model)
-    if max_length is None:
-        max_length = getattr(model, "max_length", None)
     if max_length is not None and max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
+    window = getattr(model, "max_length", None)  # the model's context: no window may be longer
+    max_length = window if max_length is None else min(max_length, window) if window else max_length
     device = torch.device(device if device is not None else getattr(model, "device", "cpu"))
 
     docs = [(name, doc) for name, group in groups.items() for doc in group]
@@ -228,6 +230,7 @@ def bits_per_byte(
         result["per_source"] = {
             name: _summary([c for c, owner in zip(counts, names, strict=True) if owner == name]) for name in groups
         }
+    result["max_length"] = max_length
     return result
 
 
@@ -304,7 +307,11 @@ def held_out_texts(
 
 
 def corpus_sources(data_root: str | Path) -> list[str]:
-    """The corpus sources under a data root (``corpus/<source>/``), sorted."""
+    """The corpus sources under a data root (``corpus/<source>/``), sorted.
+
+    Raises:
+        FileNotFoundError: the data root has no ``corpus/`` folder.
+    """
     folder = Path(data_root) / "corpus"
     if not folder.is_dir():
         raise FileNotFoundError(f"no corpus folder under the data root: {folder}")
@@ -335,6 +342,7 @@ def checkpoint_bits_per_byte(
         FileNotFoundError: a missing corpus file or checkpoint folder.
     """
     from lmdistill.atomic import write_json
+    from lmdistill.distributed import default_device
     from lmdistill.models import load_model, load_model_tokenizer
 
     texts = held_out_texts(data_root, list(sources or corpus_sources(data_root)), "dev", max_bytes_per_source)
@@ -343,14 +351,11 @@ def checkpoint_bits_per_byte(
         folder = Path(folder)
         model = load_model(folder).eval()
         tokenizer = load_model_tokenizer(folder)
-        window = getattr(model.config, "max_position_embeddings", None) or max_length
-        length = min(max_length, window) if max_length and window else max_length or window
-        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        target = torch.device(device) if device else default_device()
         result = bits_per_byte(
-            model.to(target), tokenizer, texts, max_length=length, batch_size=batch_size, device=target,
+            model.to(target), tokenizer, texts, max_length=max_length, batch_size=batch_size, device=target,
             progress=f"bits/byte {folder.name}",
         )  # fmt: skip
-        result["max_length"] = length
         write_json(Path(output_dir) / folder.name / "bits_per_byte.json", result)
         results[folder.name] = result
     return results

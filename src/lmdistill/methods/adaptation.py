@@ -18,7 +18,7 @@ import torch
 
 from lmdistill.atomic import write_json
 from lmdistill.losses.objective import DistillationObjective
-from lmdistill.methods.stages import CorpusData
+from lmdistill.methods.stages import CorpusData, read_training_json
 from lmdistill.methods.stlm_recipe import AdaptationConfig
 from lmdistill.models import count_parameters, load_model, load_model_tokenizer
 from lmdistill.models.adapt import adapt_vocabulary, freeze_body, trainable_parameters
@@ -63,7 +63,7 @@ def adapt_teacher_stage(
         log.info("%s: already adapted (%s)", name, final)
         model = load_model(final)
         record = json.loads(record_path.read_text()) if record_path.exists() else {}
-        training = json.loads((final / "training.json").read_text())
+        training = read_training_json(final)
     else:
         teacher, teacher_tok = load_teacher(cfg)
         vocab_before = len(teacher_tok)

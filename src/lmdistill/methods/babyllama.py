@@ -24,9 +24,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from lmdistill.distributed import process_state
+from lmdistill.distributed import default_device, process_state
 from lmdistill.evaluation.blimp import blimp_summary
 from lmdistill.evaluation.scoring import hf_logits_fn
 from lmdistill.losses.objective import DistillationObjective
@@ -81,10 +79,6 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------------------ stages
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def prepare(
     recipe: BabyLlamaRecipe, run_dir: Path, data_root: Any, resume: bool, cache_dir: Any
 ) -> tuple[Path, CorpusData]:
@@ -109,7 +103,7 @@ def train_teachers(
     teachers = {}
     for t in recipe.teachers.members:
         if t.train is None:
-            out = pretrained_model_stage(t.name, t.model, data, _device(), t.vocab_rows)
+            out = pretrained_model_stage(t.name, t.model, data, default_device(), t.vocab_rows)
         else:
             out = train_model_stage(t.name, t.model, t.train, data, recipe.seed, run_dir, lm, None, resume)
         check_vocab_size(t.name, out["model"], data, t.vocab_rows)
@@ -196,7 +190,7 @@ def build_teacher_cache(
     run_dir = Path(run_dir)
     _, data = prepare(recipe, run_dir, data_root, True, cache_dir)
     teachers = train_teachers(recipe, run_dir, data, True, {})
-    ensemble = teacher_ensemble(recipe, teachers, data).to(_device())
+    ensemble = teacher_ensemble(recipe, teachers, data).to(default_device())
     return open_teacher_cache(recipe, run_dir, data, teachers, ensemble, overwrite=overwrite)
 
 
@@ -244,7 +238,7 @@ def _run_stages(
     if problems := evaluation_data_problems(recipe.evaluation, root):  # before hours of training, not after
         raise FileNotFoundError("; ".join(problems))
     main_process = process_state().is_main_process
-    device = _device()
+    device = default_device()
     results: dict[str, Any] = {}
     teachers = train_teachers(recipe, run_dir, data, resume, results)
     lm = DistillationObjective.language_modeling(recipe.loss.implementation)

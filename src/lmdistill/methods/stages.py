@@ -56,6 +56,7 @@ __all__ = [
     "prepare_corpus",
     "prepare_corpus_run",
     "prepare_run",
+    "read_training_json",
     "pretrained_model_stage",
     "tokenizer_difference",
     "train_model_stage",
@@ -303,7 +304,7 @@ def train_model_stage(
     if (final / "config.json").exists():
         log.info("%s: already trained (%s)", name, final)
         model = load_model(final)
-        record = _read_training_json(final)
+        record = read_training_json(final)
         dev_losses, train_time = record.get("dev_losses", []), record.get("train_time_s")
     else:
         torch.manual_seed(seed)
@@ -345,7 +346,8 @@ def train_model_stage(
     }
 
 
-def _read_training_json(final: Path) -> dict[str, Any]:
+def read_training_json(final: Path) -> dict[str, Any]:
+    """A trained stage's ``final/training.json`` (steps, dev losses, training time); ``{}`` when there is none."""
     path = final / "training.json"
     return json.loads(path.read_text()) if path.exists() else {}
 

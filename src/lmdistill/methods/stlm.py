@@ -20,6 +20,7 @@ tokenizers) and on the zero-shot tasks.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
@@ -27,10 +28,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lmdistill.atomic import write_json
-from lmdistill.distributed import process_state
+from lmdistill.distributed import default_device, process_state
 from lmdistill.evaluation.blimp import blimp_summary
 from lmdistill.evaluation.scoring import hf_logits_fn
 from lmdistill.losses.objective import DistillationObjective
@@ -85,10 +84,6 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------------------ stages
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def adapt_teachers(
     recipe: StlmRecipe, run_dir: Path, data: CorpusData, resume: bool, results: dict[str, Any]
 ) -> dict[str, Any]:
@@ -129,13 +124,10 @@ def _bits_per_byte(
         stored = json.loads(cached.read_text())
         if stored.get("key") == key:
             return stored["result"]
-    window = getattr(model.config, "max_position_embeddings", None) or cfg.max_length
-    max_length = min(cfg.max_length, window) if cfg.max_length else None
     result = bits_per_byte(
-        model, tokenizer, texts, max_length=max_length, batch_size=cfg.batch_size, device=_device(),
+        model, tokenizer, texts, max_length=cfg.max_length, batch_size=cfg.batch_size, device=default_device(),
         progress=f"bits/byte {name}",
     )  # fmt: skip
-    result["max_length"] = max_length
     write_json(cached, {"key": key, "result": result})
     return result
 
@@ -148,21 +140,29 @@ def _with_prefix(tokenizer: Any, token: str | None) -> Any:
 
 
 def _evaluate(
-    name: str, model: Any, tokenizer: Any, recipe: StlmRecipe, root: Path, run_dir: Path, texts: dict
-) -> dict[str, Any]:
-    """Tasks and bits per byte of one model; an entry's ``eval``, ``blimp`` and ``bits_per_byte`` keys."""
-    fingerprint = model_fingerprint(model)
+    name: str, model: Any, tokenizer: Any, recipe: StlmRecipe, root: Path, run_dir: Path, texts: dict,
+    dev_texts: list[str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Tasks and bits per byte of one model: an entry's ``eval``, ``blimp`` and ``bits_per_byte`` keys.
+
+    With ``dev_texts`` (a teacher's) also ``dev_blocks_bits_per_byte``, the adaptation curve's scale.
+    """
+    fingerprint = model_fingerprint(model)  # once: it hashes every weight
+    prefix_id = tokenizer.bos_token_id
     out: dict[str, Any] = {}
     if recipe.evaluation.tasks:
         tasks = evaluate_model(
-            name, hf_logits_fn(model.to(_device())), fingerprint, tokenizer, recipe.evaluation, root, run_dir
+            name, hf_logits_fn(model.to(default_device())), fingerprint, tokenizer, recipe.evaluation, root, run_dir
         )
         out["eval"] = tasks
         if "blimp" in tasks:
             out["blimp"] = blimp_summary(tasks["blimp"])
-    out["bits_per_byte"] = _bits_per_byte(
-        name, model, tokenizer, fingerprint, texts, recipe.bits_per_byte, tokenizer.bos_token_id, run_dir
-    )
+    cfg = recipe.bits_per_byte
+    out["bits_per_byte"] = _bits_per_byte(name, model, tokenizer, fingerprint, texts, cfg, prefix_id, run_dir)
+    if dev_texts is not None:
+        dev = {"dev_blocks": dev_texts}
+        scored = _bits_per_byte(f"{name}/dev-blocks", model, tokenizer, fingerprint, dev, cfg, prefix_id, run_dir)
+        out["dev_blocks_bits_per_byte"] = scored["bits_per_byte"]
     return out
 
 
@@ -183,12 +183,7 @@ def _original_teacher(recipe: StlmRecipe, root: Path, run_dir: Path, texts: dict
         "train_time_s": None,
         "metrics_file": None,
     }
-    entry.update(_evaluate(ORIGINAL, model, tokenizer, recipe, root, run_dir, texts))
-    dev_cfg = BitsPerByteConfig(split="dev", max_bytes_per_source=recipe.bits_per_byte.max_bytes_per_source)
-    entry["dev_blocks_bits_per_byte"] = _bits_per_byte(
-        f"{ORIGINAL}/dev-blocks", model, tokenizer, model_fingerprint(model), {"dev_blocks": dev_texts}, dev_cfg,
-        tokenizer.bos_token_id, run_dir,
-    )["bits_per_byte"]  # fmt: skip
+    entry.update(_evaluate(ORIGINAL, model, tokenizer, recipe, root, run_dir, texts, dev_texts))
     del model
     gc.collect()
     return entry
@@ -207,7 +202,7 @@ def dev_block_bytes(data: CorpusData) -> tuple[list[str], int, int]:
 
 
 def _teacher_cache(recipe: StlmRecipe, run_dir: Path, data: CorpusData, name: str, model: Any) -> TeacherCache:
-    ensemble = TeacherEnsemble([model]).to(_device())
+    ensemble = TeacherEnsemble([model]).to(default_device())
     spec = cache_spec(
         {name: model},
         "logits",
@@ -222,21 +217,12 @@ def _teacher_cache(recipe: StlmRecipe, run_dir: Path, data: CorpusData, name: st
 
 
 def _objective(recipe: StlmRecipe, variant: VariantConfig) -> DistillationObjective:
+    """The recipe's objective with the variant's divergence and hint term (alpha = 1 for the baseline)."""
     if not variant.kd:
         return DistillationObjective.language_modeling(recipe.loss.implementation)
-    d = recipe.distillation
-    return DistillationObjective(
-        alpha=d.alpha,
-        temperature=d.temperature,
-        divergence=variant.divergence,
-        beta=d.beta,
-        skew=d.skew,
-        reduction=d.reduction,
-        t2_scaling=d.t2_scaling,
-        implementation=recipe.loss.implementation,
-        chunk_size=recipe.loss.chunk_size,
-        features=[recipe.hint.feature()] if variant.hint else [],
-    )
+    features = [recipe.hint.feature()] if variant.hint else []
+    cfg = dataclasses.replace(recipe.distillation, divergence=variant.divergence, features=features)
+    return DistillationObjective.from_config(cfg, recipe.loss)
 
 
 def run(
@@ -311,11 +297,7 @@ def _run_stages(
 
     teachers = adapt_teachers(recipe, run_dir, data, resume, results)
     for name, model in teachers.items():
-        results[name].update(_evaluate(name, model, data.tokenizer, recipe, root, run_dir, texts))
-        results[name]["dev_blocks_bits_per_byte"] = _bits_per_byte(
-            f"{name}/dev-blocks", model, data.tokenizer, model_fingerprint(model), {"dev_blocks": dev_texts},
-            recipe.bits_per_byte, data.tokenizer.bos_token_id, run_dir,
-        )["bits_per_byte"]  # fmt: skip
+        results[name].update(_evaluate(name, model, data.tokenizer, recipe, root, run_dir, texts, dev_texts))
     chosen = chosen_teacher(recipe, results)
     results[chosen]["chosen"] = True
     teacher = teachers[chosen]
