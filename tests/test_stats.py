@@ -152,3 +152,13 @@ def test_compare_accuracies_paired_and_unpaired():
     assert paired.significant and paired.low > 0
     # Lists of different lengths cannot be paired: the unpaired fallback.
     assert not compare_accuracies(0.5, 4, 0.5, 4, [1, 0, 1, 0], [1, 0]).paired
+
+
+def test_t_value_matches_printed_tables_and_tends_to_z():
+    from lmdistill.reporting.stats import t_value, z_value
+
+    for df, printed in ((1, 12.706), (2, 4.303), (9, 2.262), (30, 2.042)):  # two-sided 95%, any t table
+        assert t_value(df) == pytest.approx(printed, abs=5e-4)
+    assert t_value(100000) == pytest.approx(z_value(), abs=1e-4)
+    with pytest.raises(ValueError, match="df must be >= 1"):
+        t_value(0)

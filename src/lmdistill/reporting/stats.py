@@ -60,6 +60,7 @@ __all__ = [
     "newcombe_interval",
     "newcombe_paired_interval",
     "paired_table",
+    "t_value",
     "wilson_interval",
     "z_value",
 ]
@@ -80,6 +81,23 @@ def z_value(confidence: float = 0.95) -> float:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+def t_value(df: int, confidence: float = 0.95) -> float:
+    """The two-sided Student t quantile with ``df`` degrees of freedom: 4.3027 for df = 2 at 0.95 (scipy).
+
+    The half-width of a mean's interval over n seeds is ``t_value(n - 1) * std / sqrt(n)``.
+
+    Raises:
+        ValueError: ``df`` < 1 or ``confidence`` not in (0, 1).
+    """
+    if df < 1:
+        raise ValueError(f"df must be >= 1, got {df}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + confidence / 2, df))
 
 
 def wilson_interval(p: float, n: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -19,6 +19,7 @@ from typing import Any
 from lmdistill.atomic import write_text
 from lmdistill.reporting.plots import _number, _save
 from lmdistill.reporting.report import load_results
+from lmdistill.reporting.stats import t_value
 from lmdistill.training_state import metric_records
 
 __all__ = ["ADAPTATION_PLOT", "STUDENT_PLOT", "render_stlm_report", "variant_rows", "write_stlm_report"]
@@ -28,8 +29,6 @@ log = logging.getLogger(__name__)
 ADAPTATION_PLOT = "plots/adaptation_curve.png"
 STUDENT_PLOT = "plots/student_curves.png"
 TASKS = (("arc_easy", "ARC-Easy"), ("winogrande", "WinoGrande"), ("mmlu", "MMLU"))
-# two-sided 95% Student t quantiles by degrees of freedom (n - 1)
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def _metrics(model: dict[str, Any]) -> dict[str, float | None]:
@@ -101,13 +100,14 @@ def paired_differences(results: dict[str, Any], metric: str = "bpb") -> dict[str
     base = {m["seed"]: _metrics(m)[metric] for m in models if m.get("role") == "baseline"}
     by_variant: dict[str, list[float]] = {}
     for m in models:
-        if m.get("role") == "student" and _number(base.get(m["seed"])) and _number(_metrics(m)[metric]):
-            by_variant.setdefault(m["variant"], []).append(_metrics(m)[metric] - base[m["seed"]])
+        value = _metrics(m)[metric] if m.get("role") == "student" else None
+        if _number(value) and _number(base.get(m["seed"])):
+            by_variant.setdefault(m["variant"], []).append(value - base[m["seed"]])
     out = {}
     for variant, diffs in by_variant.items():
         n = len(diffs)
         sd = stdev(diffs) if n > 1 else None
-        half = T95.get(n - 1, 1.96) * sd / math.sqrt(n) if sd is not None else None
+        half = t_value(n - 1) * sd / math.sqrt(n) if sd is not None else None
         out[variant] = {"mean": mean(diffs), "std": sd, "half_width": half, "n": n}
     return out
 
