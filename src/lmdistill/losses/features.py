@@ -281,14 +281,15 @@ def attention_mse(
 ) -> Tensor:
     """MSE between attention matrices, after TinyBERT's attention loss (Jiao et al., arXiv:1909.10351, eq. 7).
 
-    TinyBERT compares the pre-softmax scores; Hugging Face returns only the probabilities, so this compares the
-    probabilities. Per query token t: ``mean_heads (1 / K_b) sum_keys (A_s[k] - A_t[k])^2`` over the K_b
+    TinyBERT compares the pre-softmax scores: a model switched to ``lmdistill_scores`` attention
+    (``lmdistill.losses.attention_scores``) returns them under ``output_attentions``; otherwise Hugging Face returns
+    probabilities, and the same formula compares those. Per query token t: ``mean_heads (1 / K_b) sum_keys (A_s[k] - A_t[k])^2`` over the K_b
     unmasked keys of sequence b, then the reduction over query tokens; without a mask and with "mean" this is
     ``torch.nn.MSELoss()`` on the (B, heads, T, T) tensors. Head counts are matched as in ``attention_kl``.
 
     Args:
-        student_attentions (Tensor): (B, heads_s, T, T) post-softmax probabilities.
-        teacher_attentions (Tensor): (B, heads_t, T, T) post-softmax probabilities.
+        student_attentions (Tensor): (B, heads_s, T, T) post-softmax probabilities or pre-softmax scores.
+        teacher_attentions (Tensor): (B, heads_t, T, T) the same kind as the student's.
         mask (Tensor | None): (B, T) True for real tokens (query rows and keys). None = all count.
         reduction (str): see ``reduce_per_token``, over (B, T) query tokens.
 

@@ -49,11 +49,12 @@ from lmdistill.losses.divergences import (
 )
 from lmdistill.losses.features import AttentionLoss, EmbeddingLoss, HintLoss, layer_map, model_dims
 from lmdistill.losses.topk import TopKTeacher, sparse_per_token
-from lmdistill.models.families import FAMILIES, ModelFamily
+from lmdistill.models.families import FAMILIES, ModelFamily, head_rows
 
 __all__ = ["IGNORE_INDEX", "DistillationObjective", "StudentOutput", "causal_lm_ce", "next_token_targets"]
 
 IMPLEMENTATIONS = ("plain", "chunked", "fused")
+LOGITS_AT = ("all", "supervised")
 
 
 def next_token_targets(labels: Tensor) -> Tensor:
@@ -117,6 +118,16 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)  # DistributedDataParallel and friends
 
 
+def _attention_outputs(model: nn.Module, scores: bool) -> None:
+    """Make ``output_attentions`` give probabilities (eager attention) or pre-softmax scores (``scores``)."""
+    from lmdistill.losses.attention_scores import use_attention_scores
+
+    if scores:
+        use_attention_scores(model)
+    elif getattr(model.config, "_attn_implementation", "eager") != "eager":
+        model.set_attn_implementation("eager")
+
+
 class DistillationObjective(nn.Module):
     """``L = alpha * CE(y, z_s) + (1 - alpha) * s * D(p_t^T, p_s^T)`` with ``s = T^2`` (or 1), DESIGN.md's algebra.
 
@@ -146,6 +157,12 @@ class DistillationObjective(nn.Module):
             modules (learned projections) are built by ``setup`` once the student and teachers are known.
         family (ModelFamily | str): the student's model family, which aligns labels with logits (causal LMs
             shift by one, masked LMs and seq2seq decoders do not, a classifier has one label per row).
+        logits_at (str): "all" positions, or "supervised" only: the LM head maps only the positions with a target
+            (``lmdistill.models.families.head_rows``), so the student's and teacher's logits are (N, V) for the N
+            supervised positions, read as (N, 1, V) against (N, 1) targets. Same values as "all" (every loss is a
+            mean over supervised positions); a masked LM pays its (V, H) head product on the 15% masked
+            positions only. Not with the fused path, a classifier, or the "batchmean" reduction (it counts
+            unsupervised positions too).
 
     Raises:
         ValueError: a value out of range (checked as the recipe's ``distillation`` section is).
@@ -166,9 +183,20 @@ class DistillationObjective(nn.Module):
         chunk_size: int | None = None,
         features: Sequence[FeatureLossConfig] = (),
         family: ModelFamily | str = "causal_lm",
+        logits_at: str = "all",
     ) -> None:
         super().__init__()
         self.family = FAMILIES[family] if isinstance(family, str) else family
+        if logits_at not in LOGITS_AT:
+            raise ValueError(f"logits_at must be one of {LOGITS_AT}, got {logits_at!r}")
+        if logits_at == "supervised" and (
+            implementation == "fused" or reduction == "batchmean" or self.family.name == "classifier"
+        ):
+            raise ValueError(
+                "logits_at='supervised' needs the plain or chunked path, the 'mean' reduction and a family with an "
+                f"LM head (got implementation={implementation!r}, reduction={reduction!r}, {self.family.name})"
+            )
+        self.logits_at = logits_at
         cfg = DistillationConfig(  # validates ranges with the recipe's messages
             alpha=alpha,
             temperature=temperature,
@@ -201,7 +229,11 @@ class DistillationObjective(nn.Module):
 
     @classmethod
     def from_config(
-        cls, cfg: DistillationConfig, loss: LossConfig | None = None, family: ModelFamily | str = "causal_lm"
+        cls,
+        cfg: DistillationConfig,
+        loss: LossConfig | None = None,
+        family: ModelFamily | str = "causal_lm",
+        logits_at: str = "all",
     ) -> DistillationObjective:
         """Objective of a recipe's ``distillation`` and ``loss`` sections for a student of ``family``."""
         loss = loss or LossConfig()
@@ -218,6 +250,7 @@ class DistillationObjective(nn.Module):
             chunk_size=loss.chunk_size,
             features=cfg.features,
             family=family,
+            logits_at=logits_at,
         )
 
     @classmethod
@@ -235,10 +268,10 @@ class DistillationObjective(nn.Module):
 
     @classmethod
     def language_modeling(
-        cls, implementation: str = "plain", family: ModelFamily | str = "causal_lm"
+        cls, implementation: str = "plain", family: ModelFamily | str = "causal_lm", logits_at: str = "all"
     ) -> DistillationObjective:
         """Plain CE on the family's targets (alpha = 1): teachers and the no-distillation baseline."""
-        return cls(alpha=1.0, temperature=1.0, implementation=implementation, family=family)
+        return cls(alpha=1.0, temperature=1.0, implementation=implementation, family=family, logits_at=logits_at)
 
     def num_supervised(self, labels: Tensor) -> int:
         """Positions with a target once ``labels`` are aligned by the family (the CE's denominator)."""
@@ -269,7 +302,8 @@ class DistillationObjective(nn.Module):
 
         Widths and depths come from the models' configs; the projections are initialised from the global torch
         seed, live on the student's device, and are trained with the student (``parameters()``). Models whose
-        attentions are matched are switched to eager attention (the fused kernels return no attention weights).
+        attentions are matched are switched to eager attention (the fused kernels return no attention weights), or
+        to ``lmdistill_scores`` attention for a term with ``scores`` (``lmdistill.losses.attention_scores``).
 
         Raises:
             ValueError: a term names a teacher that is not there, or a layer map does not fit the models.
@@ -278,6 +312,9 @@ class DistillationObjective(nn.Module):
             return self
         student = _unwrap(student)
         device = next(student.parameters()).device
+        kinds = {t.spec.scores for t in self._terms if t.spec.kind == "attention"}
+        if len(kinds) > 1:
+            raise ValueError("attention terms ask for both pre-softmax scores and probabilities: choose one")
         for term in self._terms:
             spec = term.spec
             if spec.teacher >= len(teachers):
@@ -296,8 +333,7 @@ class DistillationObjective(nn.Module):
                 else:
                     module = AttentionLoss(pairs, kind=spec.loss)
                     for model in (student, teacher):
-                        if getattr(model.config, "_attn_implementation", "eager") != "eager":
-                            model.set_attn_implementation("eager")
+                        _attention_outputs(model, scores=spec.scores)
             self.feature_modules[term.name] = module.to(device)
         return self
 
@@ -332,7 +368,11 @@ class DistillationObjective(nn.Module):
             extras["output_attentions"] = True
         family = self.family
         if self.implementation != "fused":
-            out = family.forward(model, batch, **extras)
+            if self.logits_at == "supervised":
+                with head_rows(family.output_head(model), family.supervised(batch["labels"])):
+                    out = family.forward(model, batch, **extras)
+            else:
+                out = family.forward(model, batch, **extras)
             return StudentOutput(
                 logits=family.positions(out.logits),
                 hidden_states=family.hidden_states(out),
@@ -369,9 +409,9 @@ class DistillationObjective(nn.Module):
             student (StudentOutput | Tensor): ``student_forward``'s output, or the (B, T, V) logits.
             labels (Tensor): (B, T) labels before alignment (the family aligns them: a causal LM's position t
                 predicts ``labels[:, t + 1]``), -100 where not supervised; (B,) classes for a classifier.
-            teacher_logits (Tensor | TopKTeacher | None): (B, T, V), already combined over teachers (see
-                ``TeacherEnsemble``), or a cached teacher's top-k and tail at this objective's temperature (see
-                ``lmdistill.losses.topk`` for what D is then); required when alpha < 1.
+            teacher_logits (Tensor | TopKTeacher | None): (B, T, V) ((N, V) with ``logits_at="supervised"``),
+                already combined over teachers (see ``TeacherEnsemble``), or a cached teacher's top-k and tail at this
+                objective's temperature (see ``lmdistill.losses.topk`` for what D is then); required when alpha < 1.
             attention_mask (Tensor | None): (B, T) real (1) vs padding (0) positions; used by "batchmean" and
                 the feature terms.
             teacher_outputs (Sequence | None): each teacher's model output (with ``hidden_states`` and/or
@@ -389,7 +429,10 @@ class DistillationObjective(nn.Module):
             student = StudentOutput(logits=self.family.positions(student))
         if isinstance(teacher_logits, Tensor):
             teacher_logits = self.family.positions(teacher_logits)
-        targets = self.family.targets(labels)  # (B, T), aligned with the logits' positions
+        if self.logits_at == "supervised":  # (N, 1): the logits are the supervised positions' rows only
+            targets = self.family.supervised_targets(labels)
+        else:
+            targets = self.family.targets(labels)  # (B, T), aligned with the logits' positions
         supervised = targets != IGNORE_INDEX
         # the weights follow the inputs' dtype: float64 losses need float64 1/n (float32 is off by up to 3e-8)
         side = student.logits if student.logits is not None else student.hidden

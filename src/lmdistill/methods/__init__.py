@@ -29,12 +29,14 @@ __all__ = ["METHODS", "RECIPE_SECTIONS", "get_method", "get_recipe_section"]
 METHODS: dict[str, str] = {
     "babyllama": "lmdistill.methods.babyllama",
     "stlm": "lmdistill.methods.stlm",
+    "tinybert": "lmdistill.methods.tinybert",
 }
-"""Method name -> module. Planned: tinybert, rationale."""
+"""Method name -> module. Planned: rationale."""
 
 RECIPE_SECTIONS: dict[str, str] = {
     "babyllama": "lmdistill.methods.babyllama_recipe",
     "stlm": "lmdistill.methods.stlm_recipe",
+    "tinybert": "lmdistill.methods.tinybert_recipe",
 }
 """Method name -> the module of its recipe section alone (``NAME``, ``DESCRIPTION``, ``Recipe``,
 ``normalize_recipe``), importable without torch: what reading and checking a recipe needs."""

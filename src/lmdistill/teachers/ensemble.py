@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import ExitStack
 
 import torch
 from torch import Tensor, nn
 
+from lmdistill.models.families import head_rows
 from lmdistill.vocabulary import embedding_rows, kept_columns
 
 __all__ = ["ENSEMBLE_RULES", "TeacherEnsemble", "freeze"]
@@ -121,6 +123,7 @@ class TeacherEnsemble:
         *,
         hidden_states: bool = False,
         attentions: bool = False,
+        keep: Tensor | None = None,
     ) -> tuple[Tensor, list]:
         """Combined teacher logits and each teacher's model output (for feature losses).
 
@@ -130,17 +133,24 @@ class TeacherEnsemble:
             temperature (float): T of the "probs" rule.
             hidden_states (bool): ask every teacher for ``output_hidden_states``.
             attentions (bool): ask every teacher for ``output_attentions`` (needs eager attention).
+            keep (Tensor | None): (B, T) bool: logits only at these positions, (N, V) in row-major order
+                (``lmdistill.models.families.head_rows``; the objective's ``logits_at="supervised"``).
 
         Returns:
-            tuple: (B, T, V) float32 combined logits as ``__call__``, and the teachers' outputs in order (each
-            output's ``logits`` cut to the first V columns).
+            tuple: (B, T, V) float32 combined logits as ``__call__`` ((N, V) with ``keep``), and the teachers'
+            outputs in order (each output's ``logits`` cut to the first V columns).
         """
         extras = {}
         if hidden_states:
             extras["output_hidden_states"] = True
         if attentions:
             extras["output_attentions"] = True
-        outputs = [t(input_ids=input_ids, attention_mask=attention_mask, **extras) for t in self.teachers]
+        outputs = []
+        for t in self.teachers:
+            with ExitStack() as stack:
+                if keep is not None:
+                    stack.enter_context(head_rows(t.get_output_embeddings(), keep))
+                outputs.append(t(input_ids=input_ids, attention_mask=attention_mask, **extras))
         for o in outputs:  # padding rows past V ("shared") are never seen: (B, T, rows) -> (B, T, V), a view
             o.logits = o.logits[..., : self.vocab_size]
         return self._combine([o.logits.float() for o in outputs], temperature), outputs
