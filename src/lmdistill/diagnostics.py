@@ -81,7 +81,8 @@ class GradientNorms:
 
     The norms are of the step's complete gradients before clipping, one ``torch.nn.utils.get_total_norm`` (a fused
     foreach norm) per group of ``parameter_groups``, ``total`` (the student's whole gradient) and ``projections``
-    (the objective's learned projections, not part of ``total``: only some variants have them). Logged as ``grad_norm/<group>`` with the step's terms (metrics.jsonl and TensorBoard).
+    (the objective's learned projections, not part of ``total``: only some variants have them). Logged as
+    ``grad_norm/<group>`` with the step's terms (metrics.jsonl and TensorBoard).
 
     Args:
         every (int): steps between measurements (step 1 is always measured).
@@ -147,9 +148,7 @@ class LogitLossProbe:
         self.divergence = divergence
         self.temperature = temperature
         self.path = Path(path)
-        self.teacher_logits = {
-            split: [self._logits(teacher, b) for b in rows] for split, rows in self.batches.items()
-        }
+        self.teacher_logits = {split: [self._logits(teacher, b) for b in rows] for split, rows in self.batches.items()}
 
     @torch.no_grad()
     def _logits(self, model: nn.Module, batch: Batch) -> Tensor:

@@ -54,6 +54,7 @@ def scores_attention(
         attention_mask (Tensor | None): (B, 1, T, S) additive float or boolean (True = attend), or None.
         scaling (float | None): the score scale; None = ``d_head ** -0.5``.
         dropout (float): attention dropout probability (training only).
+        **kwargs: what transformers passes besides (sliding window, position ids, ...); unused.
 
     Returns:
         tuple: the attention output (B, T, heads, d_head), as eager attention gives it, and the scores

@@ -283,7 +283,9 @@ def attention_mse(
 
     TinyBERT compares the pre-softmax scores: a model switched to ``lmdistill_scores`` attention
     (``lmdistill.losses.attention_scores``) returns them under ``output_attentions``; otherwise Hugging Face returns
-    probabilities, and the same formula compares those. Per query token t: ``mean_heads (1 / K_b) sum_keys (A_s[k] - A_t[k])^2`` over the K_b
+    probabilities, and the same formula compares those.
+
+    Per query token t: ``mean_heads (1 / K_b) sum_keys (A_s[k] - A_t[k])^2`` over the K_b
     unmasked keys of sequence b, then the reduction over query tokens; without a mask and with "mean" this is
     ``torch.nn.MSELoss()`` on the (B, heads, T, T) tensors. Head counts are matched as in ``attention_kl``.
 

@@ -55,7 +55,11 @@ def read_pairs(path: Path, limit: int | None = None, num_labels: int = 3) -> lis
                 continue
             try:
                 item = json.loads(line)
-                row = {"premise": str(item["premise"]), "hypothesis": str(item["hypothesis"]), "label": int(item["label"])}
+                row = {
+                    "premise": str(item["premise"]),
+                    "hypothesis": str(item["hypothesis"]),
+                    "label": int(item["label"]),
+                }
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
                 raise ValueError(f"{path}:{number}: expected premise, hypothesis and label ({err})") from None
             if not 0 <= row["label"] < num_labels:
@@ -123,9 +127,7 @@ def finetune_classifier(
     model = load_model(model_path, family="classifier", num_labels=num_labels)
     source = ExampleSource(train_examples, train_cfg.batch_size, pad_id, seed=seed)
     dev_source = ExampleSource(dev_examples, 64, pad_id, shuffle=False)
-    dev = [
-        dev_source.collate(list(range(i, min(i + 64, len(dev_examples))))) for i in range(0, len(dev_examples), 64)
-    ]
+    dev = [dev_source.collate(list(range(i, min(i + 64, len(dev_examples))))) for i in range(0, len(dev_examples), 64)]
     objective = DistillationObjective.language_modeling(family="classifier")
     result = train(model, source, dev, train_cfg, out_dir, objective=objective, resume=resume, desc=name)
     model = load_model(result.final_dir, family="classifier")

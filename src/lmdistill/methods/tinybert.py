@@ -313,9 +313,11 @@ def student_stage(
         if not probe.has_step(0):
             probe(0, model)
 
+        student = model
+
         def on_step(step: int) -> None:
             if step % diag.probe_every == 0 or step == steps:
-                probe(step, model)
+                probe(step, student)
 
         objective = variant_objective(recipe, variant)
         ensemble = TeacherEnsemble([teacher]) if variant.kd else None
@@ -430,8 +432,9 @@ def _run_stages(
     if process_state().num_processes > 1:
         raise ValueError("the tinybert method runs in one process (its probes and fine-tunes are not split)")
     root, data = prepare_run(
-        recipe, run_dir, data_root, resume, lambda r: prepare_data(recipe, r, run_dir), lambda r: _data_files(recipe, r)
-    )
+        recipe, run_dir, data_root, resume, lambda r: prepare_data(recipe, r, run_dir),
+        lambda r: _data_files(recipe, r),
+    )  # fmt: skip
     if problems := validate_data(recipe, root):
         raise FileNotFoundError("; ".join(problems))
     pad = data.tokenizer.pad_token_id
@@ -477,8 +480,10 @@ def _run_stages(
 
 
 def _teacher_folder(recipe: TinyBertRecipe, run_dir: Path) -> Path | str:
-    """The teacher's weights for fine-tuning: its own folder (the MLM head is not needed, and the folder keeps the
-    pretrained pooler that a masked-LM checkpoint lacks)."""
+    """The teacher's weights for fine-tuning: its own folder.
+
+    The MLM head is not needed there, and the folder keeps the pretrained pooler that a masked-LM checkpoint lacks.
+    """
     from lmdistill.models.paths import resolve_model_path
 
     return resolve_model_path(recipe.teacher.model.path)

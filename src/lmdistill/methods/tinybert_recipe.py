@@ -235,7 +235,7 @@ class DownstreamConfig:
 
 @dataclass(kw_only=True)
 class TinyBertRecipe(RecipeBase):
-    """A whole TinyBERT-style comparison: teacher (with its MLM head) -> variants per seed -> diagnostics -> fine-tune."""
+    """A TinyBERT-style comparison: teacher (with its MLM head) -> variants per seed -> diagnostics -> fine-tune."""
 
     data: TinyDataConfig
     """Corpus, sequence length, masking."""

@@ -28,8 +28,15 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["INITS", "AdaptedRows", "adapt_vocabulary", "freeze_all_but_head",
-    "freeze_body", "subword_mapping", "trainable_parameters"]
+__all__ = [
+    "INITS",
+    "AdaptedRows",
+    "adapt_vocabulary",
+    "freeze_all_but_head",
+    "freeze_body",
+    "subword_mapping",
+    "trainable_parameters",
+]
 
 INITS = ("random", "mean_of_subwords")
 ROLES = ("bos_token", "eos_token", "pad_token", "unk_token")

@@ -120,8 +120,10 @@ class ModelFamily:
         return self.targets(labels) != IGNORE_INDEX
 
     def supervised_targets(self, labels: Tensor) -> Tensor:
-        """The targets of the supervised positions only, as (N, 1): they align with ``head_rows``' (N, V) logits
-        read through ``positions`` as (N, 1, V)."""
+        """The targets of the supervised positions only, as (N, 1).
+
+        They align with ``head_rows``' (N, V) logits read through ``positions`` as (N, 1, V).
+        """
         targets = self.targets(labels)
         return targets[targets != IGNORE_INDEX].reshape(-1, 1)
 
@@ -146,7 +148,9 @@ def head_rows(head: nn.Module, keep: Tensor) -> Iterator[None]:
     def gather(module: nn.Module, args: tuple) -> tuple:
         hidden = args[0]
         if hidden.shape[:-1] != keep.shape:
-            raise ValueError(f"head_rows: the head's input {tuple(hidden.shape)} does not fit keep {tuple(keep.shape)}")
+            raise ValueError(
+                f"head_rows: the head's input {tuple(hidden.shape)} does not fit keep {tuple(keep.shape)}"
+            )
         return (hidden[keep.to(hidden.device)], *args[1:])
 
     handle = head.register_forward_pre_hook(gather)

@@ -141,7 +141,8 @@ def _verdict(d: dict[str, Any] | None, what: str, lower_is: str, digits: int = 3
     value = f"{scale * d['mean']:+.{digits}f}"
     if d["half_width"] is None:
         return f"{what}: {value} (one seed: no interval, cannot tell from noise)."
-    ci = f"95% CI [{scale * (d['mean'] - d['half_width']):+.{digits}f}, {scale * (d['mean'] + d['half_width']):+.{digits}f}]"
+    lo, hi = scale * (d["mean"] - d["half_width"]), scale * (d["mean"] + d["half_width"])
+    ci = f"95% CI [{lo:+.{digits}f}, {hi:+.{digits}f}]"
     if abs(d["mean"]) <= d["half_width"]:
         return f"{what}: {value}, {ci} over {d['n']} seeds: within noise."
     direction = lower_is if d["mean"] < 0 else ("higher" if lower_is == "lower" else "lower")
@@ -153,12 +154,13 @@ def _claims(results: dict[str, Any]) -> str:
     students = _students(results)
     if a not in students or b not in students:
         return "The claims compare variants named multi_loss and logit_only; this run has " + ", ".join(students) + "."
-    lines = [
-        f"- {_verdict(paired(results, 'train_logit', a, b), 'Train logit loss, multi_loss - logit_only', 'lower')}",
-        f"- {_verdict(paired(results, 'held_logit', a, b), 'Held-out logit loss, multi_loss - logit_only', 'lower')}",
-        f"- {_verdict(paired(results, 'grad_total', a, b), 'Average gradient norm, multi_loss - logit_only', 'lower')}",
-        f"- {_verdict(paired(results, 'grad_first', a, b), 'First-layer gradient norm, multi_loss - logit_only', 'lower')}",
-    ]
+    checks = (
+        ("train_logit", "Train logit loss"),
+        ("held_logit", "Held-out logit loss"),
+        ("grad_total", "Average gradient norm"),
+        ("grad_first", "First-layer gradient norm"),
+    )
+    lines = [f"- {_verdict(paired(results, key, a, b), f'{what}, {a} - {b}', 'lower')}" for key, what in checks]
     if results.get("downstream"):
         lines.append(
             "- " + _verdict(paired(results, "downstream", a, b), "Downstream accuracy (points), multi_loss - "
@@ -325,7 +327,8 @@ def render_tinybert_report(results: dict[str, Any], plots: list[str]) -> str:
         "each part's gradient before clipping, averaged over the logged steps. Variants are mean ± std over student "
         f"seeds {', '.join(map(str, seeds))}"
         + (
-            f"; {downstream['task']} accuracy is the mean over fine-tuning seeds {', '.join(map(str, recipe.get('downstream', {}).get('seeds', [])))} "
+            f"; {downstream['task']} accuracy is the mean over fine-tuning seeds "
+            f"{', '.join(map(str, (recipe.get('downstream') or {}).get('seeds', [])))} "
             f"({downstream['num_train']:,} training, {downstream['num_test']:,} test examples; majority class "
             f"{100 * downstream['majority_test']:.1f}%)."
             if downstream
