@@ -245,6 +245,69 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    """``lmdistill data fetch``: torch-free; every problem is a message, not a traceback."""
+    from lmdistill.config import ConfigError
+    from lmdistill.data.fetch import FetchError, default_fetch_root, fetch_data, plan_sources
+    from lmdistill.data.fetch_sources import SOURCES
+
+    try:
+        if args.list:
+            sources, notes = plan_sources(args.recipe, args.only)
+            for source in sources:
+                print(f"{source.name:11s} {source.repo:24s} -> {source.writes}\n{'':11s} {source.description}")
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr)
+            return 0
+        root = Path(args.root) if args.root else default_fetch_root()
+        print(f"lmdistill data fetch: into {root}" + (f", from the mirror {args.mirror}" if args.mirror else ""))
+        results = fetch_data(root, args.recipe, args.only, mirror=args.mirror, force=args.force)
+    except (ConfigError, FetchError, KeyError, OSError, ValueError) as err:
+        print(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)
+        return 2
+    for result in results:
+        where = SOURCES[result.name].writes
+        if result.status == "failed":
+            print(f"  {result.name:11s} FAILED: {result.message}", file=sys.stderr)
+        else:
+            print(f"  {result.name:11s} {result.status:8s} {len(result.files):3d} files  {where}")
+    failed = [r.name for r in results if r.status == "failed"]
+    if failed:
+        print(f"{len(failed)} of {len(results)} sources failed ({', '.join(failed)}); run again to retry them "
+              "(what is there is kept and skipped)", file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"done: {root} (fetch-manifest.json: checksums; PROVENANCE.md: sources, revisions, licences)")
+    return 0
+
+
+def _add_data_parser(sub) -> None:
+    """The ``data`` command and its ``fetch`` subcommand."""
+    data = sub.add_parser("data", help="get the recipes' public data (from the Hugging Face Hub)")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_sub.add_parser(
+        "fetch",
+        help="fetch the recipes' public data from the Hugging Face Hub into a data root",
+        description="Read the public sources of the recipes from the Hugging Face Hub with the `datasets` library "
+        "(the BabyLM corpus, BLiMP, ARC-Easy, WinoGrande, MMLU, HellaSwag, the distilling step-by-step tasks) and "
+        "write them in the layout the recipes read, each file checksummed in ROOT/fetch-manifest.json, with a "
+        "ROOT/PROVENANCE.md note. A second fetch skips what is there and matches the manifest; an interrupted one "
+        "leaves no half-written file. With no --recipe or --only: every source.",
+        epilog="Example: lmdistill data fetch --recipe babyllama-babylm-cpu, then lmdistill run babyllama-babylm-cpu. "
+        "The step-by-step PaLM rationales (rationale/<task>/llm/) are not on the Hub: see PROVENANCE.md.",
+    )
+    fetch.add_argument("--root", help="data root to write (default: $LMDISTILL_DATA, else ../shared/data beside "
+                       "the repository, where the other commands look)")  # fmt: skip
+    fetch.add_argument("--recipe", nargs="+", action="extend", default=[], metavar="NAME",
+                       help="fetch what these recipes read (corpus sources and evaluation tasks)")  # fmt: skip
+    fetch.add_argument("--only", nargs="+", action="extend", default=[], metavar="SOURCE",
+                       help="fetch these sources (see --list)")  # fmt: skip
+    fetch.add_argument("--list", action="store_true", help="list the sources (those selected, if any) and exit")
+    fetch.add_argument("--force", action="store_true", help="fetch again, and replace files that no fetch wrote")
+    fetch.add_argument("--mirror", metavar="DIR",
+                       help="read DIR/<repo>/<file> instead of the Hub (local copies of its repos)")  # fmt: skip
+    fetch.set_defaults(handler=_cmd_data)
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe, its overrides and the run folder options shared by ``run`` and ``cache-teacher``."""
     parser.add_argument("recipe", nargs="?", help=f"packaged recipe name or YAML file (default: {DEFAULT_RECIPE})")
@@ -364,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", nargs="+", help="run folders holding results.json")
     report.add_argument("--output", help="with several runs: also write the comparison table here")
     report.set_defaults(handler=_cmd_report)
+
+    _add_data_parser(sub)
     return parser
 
 
@@ -384,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("httpx", "urllib3", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.command == "data":  # no model: no torch, transformers or error handling of training
+        return args.handler(args)
     if args.command == "recipes" or getattr(args, "list_tasks", False):  # no model: no torch or transformers
         from lmdistill.config import ConfigError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["DataRootError", "resolve_data_root"]
+__all__ = ["DataRootError", "checkout_data_root", "resolve_data_root"]
 
 _REPO_ROOT = Path(__file__).resolve().parents[3]  # src/lmdistill/data/root.py -> repository root (editable install)
 
@@ -35,5 +35,12 @@ def resolve_data_root(explicit: str | os.PathLike[str] | None = None) -> Path:
     raise DataRootError(
         "no data root found: pass --data-root DIR or set LMDISTILL_DATA=DIR, where DIR holds corpus/<source>/"
         "{train,dev}.txt and blimp/*.jsonl (see the README, 'Data'); ../shared/data beside the repository is "
-        "used when it exists."
+        "used when it exists. With internet, `lmdistill data fetch` writes one from the Hugging Face Hub."
     )
+
+
+def checkout_data_root() -> Path | None:
+    """``../shared/data`` beside the source checkout (the first place looked in), or None outside a checkout."""
+    if not (_REPO_ROOT / "pyproject.toml").is_file():
+        return None
+    return _REPO_ROOT.parent / "shared" / "data"
