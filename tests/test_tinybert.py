@@ -24,7 +24,7 @@ from lmdistill.losses.attention_scores import use_attention_scores
 from lmdistill.losses.divergences import get_divergence
 from lmdistill.losses.features import layer_map
 from lmdistill.losses.objective import DistillationObjective
-from lmdistill.models.adapt import freeze_all_but_head
+from lmdistill.models.adapt import freeze_all_but_head, untie_output_embedding
 from lmdistill.models.families import FAMILIES, head_rows
 from lmdistill.teachers.ensemble import TeacherEnsemble
 from lmdistill.training import StepInfo
@@ -243,7 +243,22 @@ def test_layer_groups_of_llama_and_the_head_freeze():
     bert = _bert()
     trained = freeze_all_but_head(bert)
     assert trained and all(n.startswith("cls.") for n in trained)
-    assert not bert.bert.embeddings.word_embeddings.weight.requires_grad  # the tied decoder stays frozen
+    assert "cls.predictions.decoder.weight" not in trained  # tied to the frozen input embedding
+    assert not bert.bert.embeddings.word_embeddings.weight.requires_grad
+
+
+def test_an_untied_mlm_decoder_trains_and_survives_a_save(tmp_path):
+    bert = _bert()
+    untie_output_embedding(bert)
+    trained = freeze_all_but_head(bert)
+    assert "cls.predictions.decoder.weight" in trained
+    with torch.no_grad():
+        bert.cls.predictions.decoder.weight.add_(1.0)
+    bert.save_pretrained(tmp_path)
+    loaded = BertForMaskedLM.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.cls.predictions.decoder.weight, bert.cls.predictions.decoder.weight)
+    torch.testing.assert_close(loaded.bert.embeddings.word_embeddings.weight, bert.bert.embeddings.word_embeddings.weight)
+    assert not torch.equal(loaded.cls.predictions.decoder.weight, loaded.bert.embeddings.word_embeddings.weight)
 
 
 # --------------------------------------------------------------------------------------------------- masking

@@ -62,7 +62,7 @@ from lmdistill.methods.tinybert_recipe import (
     validate_data,
 )
 from lmdistill.models import build_model, count_parameters, load_model, load_model_tokenizer
-from lmdistill.models.adapt import freeze_all_but_head, trainable_parameters
+from lmdistill.models.adapt import freeze_all_but_head, trainable_parameters, untie_output_embedding
 from lmdistill.models.families import get_family, head_rows
 from lmdistill.teachers.ensemble import TeacherEnsemble, freeze
 from lmdistill.training import total_steps, train
@@ -236,6 +236,8 @@ def teacher_stage(
             training = read_training_json(final)
         else:
             model = _load_teacher(cfg)
+            if cfg.head_decoder == "own":
+                untie_output_embedding(model)
             trained = freeze_all_but_head(model)
             log.info("%s: training %s parameters (%s) on the frozen body", HEAD_STAGE,
                      f"{trainable_parameters(model):,}", ", ".join(trained))  # fmt: skip
@@ -248,6 +250,7 @@ def teacher_stage(
             training = {"dev_losses": result.dev_losses, "train_time_s": result.train_time_s}
         body = {id(p) for p in model.base_model.parameters()}
         entry["head"] = {
+            "decoder": cfg.head_decoder,
             "trained_parameters": sum(p.numel() for p in dict.fromkeys(model.parameters()) if id(p) not in body),
             "dev_losses": training.get("dev_losses", []),
             "train_time_s": training.get("train_time_s"),

@@ -89,6 +89,9 @@ class TinyTeacherConfig:
     """``path``: an HF folder, ``package:NAME[/sub/folder]`` or a Hub id; ``family`` masked_lm or causal_lm."""
     head: TrainConfig | None = None
     """Train a new MLM head on the frozen body first (all-MiniLM-L6-v2 ships none); null = use the model's own."""
+    head_decoder: Literal["own", "tied"] = "own"
+    """The new head's output matrix: "own" (a (V, H) decoder of its own, initialised from the input embedding, and
+    trained) or "tied" (BERT's tie to the frozen input embedding: only the transform and bias train)."""
 
     def __post_init__(self) -> None:
         _check(self.model.path is not None, "model.path", "the teacher must be a pretrained model (model.path)")

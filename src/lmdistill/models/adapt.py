@@ -32,7 +32,7 @@ __all__ = [
     "INITS",
     "AdaptedRows",
     "adapt_vocabulary",
-    "freeze_all_but_head",
+    "freeze_all_but_head", "untie_output_embedding",
     "freeze_body",
     "subword_mapping",
     "trainable_parameters",
@@ -217,6 +217,16 @@ def freeze_body(model: nn.Module, *, train_final_norm: bool = False) -> list[str
         if id(p) in keep:
             trained.append(name)
     return trained
+
+
+def untie_output_embedding(model: nn.Module) -> None:
+    """Give the output embedding (LM / MLM decoder) a weight of its own, a copy of the input embedding's.
+
+    ``config.tie_word_embeddings`` is set to False so that the saved checkpoint keeps both matrices.
+    """
+    head = model.get_output_embeddings()
+    head.weight = nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+    model.config.tie_word_embeddings = False
 
 
 def freeze_all_but_head(model: nn.Module) -> list[str]:
