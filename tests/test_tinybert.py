@@ -430,6 +430,12 @@ def test_tinybert_smoke_runs_end_to_end_and_resumes(tmp_path, data_root):
     resumed = again["models"]["multi_loss-s1"]["final_probe"]
     assert resumed["train_logit_loss"] == pytest.approx(multi["final_probe"]["train_logit_loss"], rel=1e-4)
 
+    from lmdistill.cli import main
+
+    (run_dir / "report.md").unlink()
+    assert main(["report", str(run_dir)]) == 0  # the command dispatches on the run's method
+    assert "multi-loss vs logit-only KD" in (run_dir / "report.md").read_text()
+
 
 @pytest.mark.slow
 def test_tinybert_decoder_smoke_distils_a_causal_teacher(tmp_path, data_root, tiny_tokenizer):

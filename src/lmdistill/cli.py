@@ -159,10 +159,12 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from lmdistill.reporting.report import compare_runs, load_results, write_report
     from lmdistill.reporting.stlm_report import write_stlm_report
+    from lmdistill.reporting.tinybert_report import write_tinybert_report
 
+    writers = {"stlm": write_stlm_report, "tinybert": write_tinybert_report}
     for run_dir in args.run_dirs:
-        stlm = load_results(Path(run_dir)).get("method") == "stlm"
-        print(f"wrote {(write_stlm_report if stlm else write_report)(Path(run_dir))}")
+        method = load_results(Path(run_dir)).get("method")
+        print(f"wrote {writers.get(method, write_report)(Path(run_dir))}")
     if len(args.run_dirs) > 1:
         table = compare_runs([Path(p) for p in args.run_dirs])
         if args.output:

@@ -25,6 +25,7 @@ LMs are computed at the masked positions only (``logits_at="supervised"``). Resu
 from __future__ import annotations
 
 import gc
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +221,9 @@ def teacher_stage(
 ) -> tuple[Any, dict[str, Any]]:
     """The teacher, with a trained MLM head when ``teacher.head`` is set (stage ``RUN/models/teacher-head``).
 
+    The head is trained on the frozen body's features (``train_head_on_features``); ``teacher.head.batch_size`` is
+    masked positions per step there.
+
     Returns:
         tuple: the frozen teacher (eval mode) and its results entry (parameters, the head's training and its
         masked-token loss and accuracy on the held-out sequences).
@@ -241,26 +245,115 @@ def teacher_stage(
             trained = freeze_all_but_head(model)
             log.info("%s: training %s parameters (%s) on the frozen body", HEAD_STAGE,
                      f"{trainable_parameters(model):,}", ", ".join(trained))  # fmt: skip
-            torch.manual_seed(recipe.seed)
-            objective = DistillationObjective.language_modeling(family="masked_lm", logits_at="supervised")
-            source = ExampleSource(data.train, cfg.head.batch_size, data.tokenizer.pad_token_id, seed=recipe.seed)
-            result = train(model, source, dev, cfg.head, stage, objective=objective, tokenizer=data.tokenizer,
-                           resume=resume, desc=HEAD_STAGE)  # fmt: skip
-            model = load_model(result.final_dir, family="masked_lm")
-            training = {"dev_losses": result.dev_losses, "train_time_s": result.train_time_s}
+            training = train_head_on_features(model, data, dev, cfg.head, stage, recipe.seed)
+            model = load_model(final, family="masked_lm")
         body = {id(p) for p in model.base_model.parameters()}
         entry["head"] = {
             "decoder": cfg.head_decoder,
             "trained_parameters": sum(p.numel() for p in dict.fromkeys(model.parameters()) if id(p) not in body),
             "dev_losses": training.get("dev_losses", []),
             "train_time_s": training.get("train_time_s"),
-            "metrics_file": f"models/{HEAD_STAGE}/metrics.jsonl",
+            "steps": training.get("steps"),
+            "positions": training.get("positions"),
+            "curve": training.get("curve", []),
         }
     model = freeze(model)
     entry["num_parameters"] = count_parameters(model)
     entry["arch"] = model.config.model_type
     entry["held_out"] = masked_token_scores(model, dev, recipe.family)
     return model, entry
+
+
+@torch.no_grad()
+def _masked_features(model: Any, batches: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The body's last hidden states (N, H) at the supervised positions of ``batches``, and their targets (N,)."""
+    device = next(model.parameters()).device
+    features, targets = [], []
+    for batch in batches:
+        batch = batch.to(device)
+        out = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        keep = batch.labels != -100
+        features.append(out.last_hidden_state[keep])
+        targets.append(batch.labels[keep])
+    return torch.cat(features), torch.cat(targets)
+
+
+def train_head_on_features(
+    model: Any, data: TinyData, dev: list[Batch], cfg: Any, stage: Path, seed: int
+) -> dict[str, Any]:
+    """Train the masked LM's head (what lies outside its frozen body) on the body's features, computed once.
+
+    The body is frozen, so its last hidden states at the masked positions of every training sequence are computed
+    in one pass and the head is trained on them: a step costs the head's matmuls only, so many more steps fit than
+    with a forward pass of the body per step. A step draws ``cfg.batch_size`` masked positions (seeded) from all of
+    them; AdamW with ``cfg.lr``, ``cfg.weight_decay``, linear warm-up and cosine decay over ``cfg.max_steps`` (or
+    ``cfg.epochs`` passes over the positions). The held-out loss is logged every ``cfg.eval_every_steps`` (and at
+    the end) to ``stage/metrics.jsonl``; the model is written to ``stage/final`` with the tokenizer. The stage is
+    minutes long and is redone whole if interrupted.
+
+    Returns:
+        dict: ``dev_losses`` (the last held-out loss), ``train_time_s``, ``steps``, ``positions`` (training rows).
+    """
+    import math
+    import time
+
+    from transformers import get_cosine_schedule_with_warmup
+
+    from lmdistill.atomic import atomic_dir, write_json
+
+    start = time.time()
+    model.eval()  # no dropout in the features; the head has none that matters (BERT's head has no dropout)
+    source = ExampleSource(data.train, 64, data.tokenizer.pad_token_id, shuffle=False)
+    rows = list(range(len(data.train)))
+    train_batches = [source.collate(np.asarray(rows[i : i + 64])) for i in range(0, len(rows), 64)]
+    features, targets = _masked_features(model, train_batches)
+    dev_features, dev_targets = _masked_features(model, dev)
+    head = [p for p in model.parameters() if p.requires_grad]
+    steps = cfg.max_steps or cfg.epochs * math.ceil(len(targets) / cfg.batch_size)
+    optimizer = torch.optim.AdamW(head, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, steps), steps)
+    generator = torch.Generator().manual_seed(seed)
+    every = cfg.eval_every_steps or max(1, steps // 10)
+    stage.mkdir(parents=True, exist_ok=True)
+    records = []
+
+    def head_logits(x: torch.Tensor) -> torch.Tensor:  # what the model maps a body output to
+        for module in model.children():
+            if module is not model.base_model:
+                return module(x)
+        raise ValueError(f"{type(model).__name__} has no head outside its body")
+
+    @torch.no_grad()
+    def dev_loss() -> float:
+        return float(torch.nn.functional.cross_entropy(head_logits(dev_features), dev_targets))
+
+    for step in range(1, steps + 1):
+        idx = torch.randint(0, len(targets), (cfg.batch_size,), generator=generator)
+        loss = torch.nn.functional.cross_entropy(head_logits(features[idx]), targets[idx])
+        loss.backward()
+        if cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(head, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % every == 0 or step == steps:
+            records.append({"step": step, "loss": float(loss), "dev_loss": dev_loss()})
+            log.info("%s: step %d/%d, loss %.4f, held-out %.4f", HEAD_STAGE, step, steps, float(loss),
+                     records[-1]["dev_loss"])  # fmt: skip
+    with open(stage / "metrics.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    training = {
+        "dev_losses": [records[-1]["dev_loss"]],
+        "train_time_s": time.time() - start,
+        "steps": steps,
+        "positions": int(len(targets)),
+        "curve": records,
+    }
+    with atomic_dir(stage / "final") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        data.tokenizer.save_pretrained(tmp)
+        write_json(tmp / "training.json", training)
+    return training
 
 
 # ----------------------------------------------------------------------------------------------------- students

@@ -88,8 +88,10 @@ class TinyTeacherConfig:
     model: ModelConfig
     """``path``: an HF folder, ``package:NAME[/sub/folder]`` or a Hub id; ``family`` masked_lm or causal_lm."""
     head: TrainConfig | None = None
-    """Train a new MLM head on the frozen body first (all-MiniLM-L6-v2 ships none); null = use the model's own."""
-    head_decoder: Literal["own", "tied"] = "own"
+    """Train a new MLM head on the frozen body first (all-MiniLM-L6-v2 ships none), on the body's features at the
+    masked positions computed once: ``batch_size`` is masked positions per step, ``max_steps`` (or ``epochs``
+    passes over the positions) the schedule; null = use the model's own head."""
+    head_decoder: Literal["own", "tied"] = "tied"
     """The new head's output matrix: "own" (a (V, H) decoder of its own, initialised from the input embedding, and
     trained) or "tied" (BERT's tie to the frozen input embedding: only the transform and bias train)."""
 
