@@ -1,13 +1,14 @@
 """Forward+backward time and peak extra memory of the plain, chunked and fused KD losses, and of Liger-Kernel's.
 
 Every measurement runs in a fresh subprocess so that one variant's allocations cannot hide another's. A worker
-builds its inputs in place (no transient copies), runs ``--warmup`` untimed forward+backward passes (they compile
-the compiled variants; their time is the "first step" column), frees their gradients and hands freed heap memory
-back to the kernel (``malloc_trim``), records its resident memory, resets the kernel's peak-RSS mark
-(``/proc/self/clear_refs``), runs forward+backward once, and reports ``peak RSS - RSS after the inputs`` as the
-extra memory; on a GPU it reports ``max_memory_allocated`` above the inputs instead. Time is the best of
-``--repeats`` further forward+backward passes. Gradients stay allocated as they would in training, so the
-extra memory of every variant includes the gradient of its inputs.
+builds its inputs in place (no transient copies); a compiled variant runs ``--warmup`` forward+backward passes
+(they compile; the first one's time is the "first step" column) and frees their gradients and hands freed heap
+memory back to the kernel (``malloc_trim``). The worker then records its resident memory, resets the kernel's
+peak-RSS mark (``/proc/self/clear_refs``), runs forward+backward once, and reports ``peak RSS - RSS after the
+inputs`` as the extra memory; on a GPU it reports ``max_memory_allocated`` above the inputs instead. Time is the
+best of ``--repeats`` further forward+backward passes (with ``--repeats 0``, that of the measured pass).
+Gradients stay allocated as they would in training, so the extra memory of every variant includes the gradient
+of its inputs.
 
 Two workloads:
 - ``logits``: inputs are the student's logits (N, V) (requires grad; used through a view, so that they reach the
@@ -189,25 +190,30 @@ def _worker(args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    first = [timed() for _ in range(args.warmup)]
+    compiled = compile or args.variant == "liger+compile"
+    first = [timed() for _ in range(args.warmup if compiled else 0)]  # eager variants have nothing to warm up
     for x in inputs.values():
         x.grad = None
     if device.type == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
         value = step()
         torch.cuda.synchronize()
+        measured = time.perf_counter() - start
         extra = torch.cuda.max_memory_allocated() - base
     else:
         _trim_heap()
         base = _rss_bytes("VmRSS")
         _reset_peak_rss()
+        start = time.perf_counter()
         value = step()
+        measured = time.perf_counter() - start
         extra = _rss_bytes("VmHWM") - base
     grads = [x.grad for x in inputs.values() if x.grad is not None]
     grad_norm = sum(float(g.double().norm() ** 2) for g in grads) ** 0.5 if grads else float("nan")
-    times = [timed() for _ in range(args.repeats)]
+    times = [timed() for _ in range(args.repeats)] or [measured]  # --repeats 0: the measured pass's time
     input_bytes = sum(x.numel() * x.element_size() for x in [*teacher.values(), *inputs.values()])
     return {
         "loss": value,
@@ -215,7 +221,7 @@ def _worker(args: argparse.Namespace) -> dict:
         "extra_bytes": extra,
         "input_bytes": input_bytes,
         "time_s": min(times),
-        "first_s": first[0] if first else float("nan"),
+        "first_s": first[0] if first else measured,
     }
 
 
@@ -336,8 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-hidden", type=int, default=0, help="teacher width H_t (0 = H)")
     parser.add_argument("--chunk-size", type=int, default=0, help="our chunk size in positions (0 = automatic)")
     parser.add_argument("--liger-chunk", type=int, default=1024, help="Liger's chunk_size (its default: 1024)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed passes before the measurements (compile)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed passes per measurement (the best is kept)")
+    parser.add_argument("--warmup", type=int, default=1, help="compiled variants: passes before measuring (compile)")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="timed passes after the measured one (the best is kept; 0 = that one)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--output", type=Path, default=RESULTS, help="markdown table to write")
@@ -351,11 +359,19 @@ def main(argv: list[str] | None = None) -> int:
 
     command = "python benchmarks/loss_memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
     h_t = args.teacher_hidden or args.hidden
-    chunk = f"{args.chunk_size} positions" if args.chunk_size else "automatic (about 32 MiB per (chunk, V) float32)"
+    chunk = (
+        f"{args.chunk_size} positions"
+        if args.chunk_size
+        else "automatic (about 32 MiB per (chunk, V) float32, 64 MiB for +compile: auto_chunk_size)"
+    )
     notes = [
         f"- T = 2, mean over positions, float32, not multiplied by T^2; generalized_jsd beta = {args.beta}; "
         f"head workload H = {args.hidden}, teacher H_t = {h_t}; our chunk size {chunk}.",
-        "- fwd+bwd: best of the timed passes after the warm-up; first step: the first pass (compilation included).",
+        f"- fwd+bwd: best of {args.repeats} timed passes after the measured one"
+        if args.repeats
+        else "- fwd+bwd: the time of the measured pass (one pass: --repeats 0)",
+        f"- first step: the first pass; compiled variants (+compile, liger+compile) run {args.warmup} untimed "
+        "warm-up pass(es) first (compilation included in the first step), eager ones none.",
         "- peak extra: peak resident memory during one forward+backward (after the warm-up) minus the memory after "
         "the inputs were built (each variant in a fresh process); it includes the gradients of the inputs, not the "
         "inputs.",

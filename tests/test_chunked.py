@@ -580,6 +580,12 @@ def test_compiled_equals_eager_every_divergence(name, params):
     _assert_compiled_equals_eager(div_of(name, params))
 
 
+def test_compiled_chunks_are_larger_and_parallel_over_rows():
+    assert auto_chunk_size(151_936, compile=True) == 110 == 2 * auto_chunk_size(151_936)
+    for vocab in (16_000, 50_257, 151_936, 199_000):  # rows >= V / 2,400: inductor parallelises over rows
+        assert auto_chunk_size(vocab, compile=True) * 300 * 8 >= vocab
+
+
 def test_chunks_are_static_with_a_moved_back_last_chunk():
     from lmdistill.losses.chunked import _chunks
 
@@ -595,10 +601,10 @@ def test_compile_without_a_cpp_compiler_names_the_option(monkeypatch):
 
     pytest.importorskip("torch._inductor.cpp_builder")
     monkeypatch.setattr(chunked, "_AVAILABLE", set())
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/g++",))
     s, t = torch.randn(4, 5), torch.randn(4, 5)
-    with pytest.raises(RuntimeError, match=r"loss\.compile=true.*C\+\+ compiler.*Set loss\.compile to false"):
-        chunked_per_token(div_of("forward_kl", {}), s, t, compile=True)
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/g++",)}):
+        with pytest.raises(RuntimeError, match=r"loss\.compile=true.*C\+\+ compiler.*Set loss\.compile to false"):
+            chunked_per_token(div_of("forward_kl", {}), s, t, compile=True)
 
 
 def test_compiler_errors_name_the_option(monkeypatch):
@@ -606,14 +612,14 @@ def test_compiler_errors_name_the_option(monkeypatch):
 
     def failing_compile(fn, **kwargs):
         def run(*args):
-            raise torch._dynamo.exc.TorchDynamoException("backend exploded")
+            raise torch._dynamo.exc.TorchDynamoException("backend exploded\n\nmore lines")
 
         return run
 
     monkeypatch.setattr(chunked, "_COMPILED_STEPS", {})
     monkeypatch.setattr(torch, "compile", failing_compile)
     s, t = torch.randn(4, 5), torch.randn(4, 5)
-    with pytest.raises(RuntimeError, match=r"loss\.compile=true.*backend exploded.*Set loss\.compile to false"):
+    with pytest.raises(RuntimeError, match=r"loss\.compile=true.*: TorchDynamoException: backend exploded\. Set loss"):
         fused_linear_loss(torch.randn(4, 3), torch.randn(5, 3), t, div_of("forward_kl", {}), compile=True)
     with pytest.raises(RuntimeError, match=r"backend exploded"):
         chunked_per_token(div_of("forward_kl", {}), s.requires_grad_(), t, compile=True)

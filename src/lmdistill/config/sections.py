@@ -361,7 +361,8 @@ class LossConfig:
     """"plain": several (B, T, V) float32 tensors; "chunked": positions in chunks, one (B, T, V) gradient buffer;
     "fused": from the student's final hidden states and LM head, never holding the student's (B, T, V) logits."""
     chunk_size: int | None = None
-    """Positions per chunk of the chunked and fused paths; null = about 32 MiB of float32 per (chunk, V)."""
+    """Positions per chunk of the chunked and fused paths; null = about 32 MiB of float32 per (chunk, V), 64 MiB
+    with ``compile``."""
     compile: bool = False
     """Run the per-chunk math of the chunked and fused paths through ``torch.compile`` (the chunk loop stays
     eager): the same values and gradients to float32 rounding, fewer passes over each (chunk, V) block. Needs a
