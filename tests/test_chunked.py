@@ -519,3 +519,123 @@ def test_objective_with_nothing_supervised_is_zero_not_nan(llama_batch, impl):
     assert terms == {"loss": 0.0, "ce": 0.0, "skew_reverse_kl": 0.0}
     for g in grads.values():
         assert torch.isfinite(g).all() and (g == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------- compiled
+
+
+def _compiled_problem(seed=11):
+    """N = 7 positions in chunks of 3 (a ragged last chunk), V = 11, some targets -100, "mean" weights."""
+    N, H, V = 7, 5, 11
+    g = torch.Generator().manual_seed(seed)
+    student = torch.randn(N, V, generator=g) * 3
+    teacher = torch.randn(N, V, generator=g) * 3
+    hidden = torch.randn(N, H, generator=g)
+    weight = torch.randn(V, H, generator=g)
+    targets = torch.randint(0, V, (N,), generator=g)
+    targets[[1, 5]] = -100
+    supervised = targets != -100
+    weights = D.reduction_weights(targets.shape, supervised, "mean")
+    return student, teacher, hidden, weight, targets, weights
+
+
+def _chunked_and_fused(div, compile, problem, temperature=2.0):
+    """Loss and gradients of both paths (D and CE together, chunks of 3), eager or compiled."""
+    student, teacher, hidden, weight, targets, weights = problem
+    s = student.clone().requires_grad_()
+    kw = {"chunk_size": 3, "targets": targets, "div_weights": weights, "ce_weights": weights * 0.5}
+    chunked = chunked_per_token(div, s, teacher, temperature, reduce=True, compile=compile, **kw)
+    chunked.backward()
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    fused, _, _ = fused_linear_loss(h, w, teacher, div, temperature=temperature, compile=compile, **kw)
+    fused.backward()
+    return [chunked.detach(), s.grad, fused.detach(), h.grad, w.grad]
+
+
+def _assert_compiled_equals_eager(div):
+    from torch._dynamo.utils import counters
+
+    problem = _compiled_problem()
+    eager = _chunked_and_fused(div, False, problem)
+    graphs = counters["stats"]["unique_graphs"]
+    compiled = _chunked_and_fused(div, True, problem)
+    # one graph for both paths and every chunk (the ragged last one too): same key, same (3, V) shape
+    assert counters["stats"]["unique_graphs"] - graphs == 1
+    for got, want in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    again = _chunked_and_fused(div, True, _compiled_problem(seed=12))  # new values, same shapes: no recompile
+    assert counters["stats"]["unique_graphs"] - graphs == 1
+    for got, want in zip(again, _chunked_and_fused(div, False, _compiled_problem(seed=12)), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_equals_eager_forward_kl():
+    """``compile=True`` (``loss.compile``): same loss and gradients, chunked and fused, ragged last chunk, -100."""
+    _assert_compiled_equals_eager(div_of("forward_kl", {}))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "params"), [c for c in CONFIGS if c[0] != "forward_kl"], ids=CONFIG_IDS[1:])
+def test_compiled_equals_eager_every_divergence(name, params):
+    _assert_compiled_equals_eager(div_of(name, params))
+
+
+def test_compiled_chunks_are_larger_and_parallel_over_rows():
+    assert auto_chunk_size(151_936, compile=True) == 110 == 2 * auto_chunk_size(151_936)
+    for vocab in (16_000, 50_257, 151_936, 199_000):  # rows >= V / 2,400: inductor parallelises over rows
+        assert auto_chunk_size(vocab, compile=True) * 300 * 8 >= vocab
+
+
+def test_chunks_are_static_with_a_moved_back_last_chunk():
+    from lmdistill.losses.chunked import _chunks
+
+    assert list(_chunks(7, 3, static=True)) == [(0, 3, 0), (3, 6, 0), (4, 7, 2)]
+    assert list(_chunks(7, 3, static=False)) == [(0, 3, 0), (3, 6, 0), (6, 7, 0)]
+    assert list(_chunks(2, 5, static=True)) == [(0, 2, 0)]
+
+
+def test_compile_without_a_cpp_compiler_names_the_option(monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    from lmdistill.losses import chunked
+
+    pytest.importorskip("torch._inductor.cpp_builder")
+    monkeypatch.setattr(chunked, "_AVAILABLE", set())
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/g++",)}):
+        with pytest.raises(RuntimeError, match=r"loss\.compile=true.*C\+\+ compiler.*Set loss\.compile to false"):
+            chunked_per_token(div_of("forward_kl", {}), s, t, compile=True)
+
+
+def test_compiler_errors_name_the_option(monkeypatch):
+    from lmdistill.losses import chunked
+
+    def failing_compile(fn, **kwargs):
+        def run(*args):
+            raise torch._dynamo.exc.TorchDynamoException("backend exploded\n\nmore lines")
+
+        return run
+
+    monkeypatch.setattr(chunked, "_COMPILED_STEPS", {})
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    with pytest.raises(RuntimeError, match=r"loss\.compile=true.*: TorchDynamoException: backend exploded\. Set loss"):
+        fused_linear_loss(torch.randn(4, 3), torch.randn(5, 3), t, div_of("forward_kl", {}), compile=True)
+    with pytest.raises(RuntimeError, match=r"backend exploded"):
+        chunked_per_token(div_of("forward_kl", {}), s.requires_grad_(), t, compile=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impl", ["chunked", "fused"])
+def test_objective_compiled_agrees_on_tiny_llama(llama_batch, impl):
+    """``loss.compile`` through the objective: same loss, terms and parameter gradients (B x T = 21, chunks of 4)."""
+    model, ids, labels, attention_mask, teacher = llama_batch
+    runs = {}
+    for compile in (False, True):
+        objective = DistillationObjective(0.5, 2.0, "forward_kl", implementation=impl, chunk_size=4, compile=compile)
+        runs[compile] = _objective_run(model, objective, ids, labels, attention_mask, teacher)
+    (loss_c, terms_c, grads_c), (loss_e, terms_e, grads_e) = runs[True], runs[False]
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
+    assert terms_c == pytest.approx(terms_e, rel=1e-5, abs=1e-6)
+    for pname, g in grads_e.items():
+        torch.testing.assert_close(grads_c[pname], g, rtol=1e-4, atol=1e-6, msg=pname)

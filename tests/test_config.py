@@ -94,11 +94,19 @@ def test_unknown_key_suggests_the_closest():
         ("teachers.members.5.train.lr=1", r"teachers\.members\.5: no list item 5"),
         ("distillation.ensemble=median", r"distillation\.ensemble: must be one of"),
         ("student.train.mixed_precision=bf16", r"mixed_precision: every train section .*'student.train': 'bf16'"),
+        ("loss.compile=true", r"loss\.compile: applies to implementation chunked or fused, not plain"),
     ],
 )
 def test_bad_values_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
         load_recipe("babyllama-smoke", [override])
+
+
+def test_loss_compile_is_read_with_the_chunked_and_fused_paths():
+    for impl in ("chunked", "fused"):
+        recipe = load_recipe("babyllama-smoke", [f"loss.implementation={impl}", "loss.compile=true"])
+        assert recipe.loss.compile is True and recipe.loss.implementation == impl
+    assert load_recipe("babyllama-smoke").loss.compile is False
 
 
 def test_missing_required_key_is_named(tmp_path):

@@ -179,3 +179,16 @@ def test_objective_matches_direct_formula_property(B, L, V, alpha, T, reduction,
     ref, ce, kl = _direct(student, teacher, labels, alpha, T, reduction)
     assert loss.item() == pytest.approx(ref, rel=1e-4, abs=1e-5)
     assert terms["forward_kl"] == pytest.approx(kl, rel=1e-4, abs=1e-6)
+
+
+def test_loss_compile_is_threaded_from_the_recipe_sections():
+    from lmdistill.config import DistillationConfig, LossConfig
+
+    obj = DistillationObjective.from_config(DistillationConfig(), LossConfig(implementation="fused", compile=True))
+    assert obj.compile_loss is True and obj.implementation == "fused"
+    assert DistillationObjective.from_config(DistillationConfig()).compile_loss is False
+    assert DistillationObjective.from_preset("gkd", implementation="chunked", compile=True).compile_loss is True
+    assert DistillationObjective.language_modeling("chunked", compile=True).compile_loss is True
+    assert callable(obj.compile)  # nn.Module.compile is not shadowed
+    with pytest.raises(ValueError, match=r"compile: applies to implementation chunked or fused"):
+        DistillationObjective(implementation="plain", compile=True)

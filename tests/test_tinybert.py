@@ -257,7 +257,8 @@ def test_an_untied_mlm_decoder_trains_and_survives_a_save(tmp_path):
     bert.save_pretrained(tmp_path)
     loaded = BertForMaskedLM.from_pretrained(tmp_path)
     torch.testing.assert_close(loaded.cls.predictions.decoder.weight, bert.cls.predictions.decoder.weight)
-    torch.testing.assert_close(loaded.bert.embeddings.word_embeddings.weight, bert.bert.embeddings.word_embeddings.weight)
+    embedding = loaded.bert.embeddings.word_embeddings.weight
+    torch.testing.assert_close(embedding, bert.bert.embeddings.word_embeddings.weight)
     assert not torch.equal(loaded.cls.predictions.decoder.weight, loaded.bert.embeddings.word_embeddings.weight)
 
 

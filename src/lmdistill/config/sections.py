@@ -367,10 +367,21 @@ class LossConfig:
     """"plain": several (B, T, V) float32 tensors; "chunked": positions in chunks, one (B, T, V) gradient buffer;
     "fused": from the student's final hidden states and LM head, never holding the student's (B, T, V) logits."""
     chunk_size: int | None = None
-    """Positions per chunk of the chunked and fused paths; null = about 32 MiB of float32 per (chunk, V)."""
+    """Positions per chunk of the chunked and fused paths; null = about 32 MiB of float32 per (chunk, V), 64 MiB
+    with ``compile``."""
+    compile: bool = False
+    """Run the per-chunk math of the chunked and fused paths through ``torch.compile`` (the chunk loop stays
+    eager): the same values and gradients to float32 rounding, fewer passes over each (chunk, V) block. Needs a
+    working ``torch.compile`` (on CPU, a C++ compiler for inductor); the first step compiles (seconds per
+    divergence). Only with implementation chunked or fused."""
 
     def __post_init__(self) -> None:
         _check(self.chunk_size is None or self.chunk_size >= 1, "chunk_size", "must be >= 1 or null")
+        _check(
+            not self.compile or self.implementation != "plain",
+            "compile",
+            "applies to implementation chunked or fused, not plain",
+        )
 
 
 @dataclass

@@ -52,6 +52,8 @@ __all__ = ["KLTerms", "LogMix", "MixtureKLTerms", "log_ratio_from_logits"]
 # torchtune and torchdistill to float32 rounding (they share the cancellation: ~1e-6 absolute, so ~100% relative
 # at d ~ 1e-3).
 #
+# The Functions keep ``forward`` and ``setup_context`` apart, so that ``torch.func`` transforms (the compiled
+# chunked loss, ``lmdistill.losses.chunked``) can differentiate them as autograd does.
 # The Functions' backward passes are written out in differentiable operations (second derivatives work) and
 # save only log-probabilities (already saved by log_softmax, or the teacher's, which the textbook forms kept as
 # probabilities), d and one log-ratio, so the plain path keeps no more (N, V) tensors for backward than before
@@ -103,15 +105,20 @@ class MixtureKLTerms(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, log_a, r, log_c, mix):
+    def forward(log_a, r, log_c, mix):
         """The terms (see the class docstring)."""
         a, c = log_a.exp(), log_c.exp()
         m = torch.add(c * (1.0 - mix), a, alpha=mix)
-        ctx.save_for_backward(log_a, log_c, r if ctx.needs_input_grad[0] else None)
-        ctx.mix = mix
         r = _finite_where_zero(r)
         terms = _expm1_minus_x(r.clamp(max=_FAR)).mul_(a)
         return torch.where(r <= _FAR, terms, torch.addcmul(m, a, r + 1.0, value=-1.0))  # m - a (1 + r)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        """Save ``log_a``, ``log_c`` (and ``r`` when ``log_a`` needs a gradient) and ``mix``."""
+        log_a, r, log_c, mix = inputs
+        ctx.save_for_backward(log_a, log_c, r if ctx.needs_input_grad[0] else None)
+        ctx.mix = mix
 
     @staticmethod
     def backward(ctx, grad):
@@ -143,14 +150,19 @@ class LogMix(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, w, sign):
+    def forward(x, w, sign):
         """The terms (see the class docstring)."""
-        ctx.save_for_backward(x)
-        ctx.w, ctx.sign = w, sign
         y = x if sign > 0 else -x
         # above _MIX_FAR, log1p(w expm1(_MIX_FAR)) + (y - _MIX_FAR) = y + log w; below, the excess is exactly 0
         excess = (y - _MIX_FAR).clamp_(min=0.0)
         return torch.expm1(y.clamp(max=_MIX_FAR)).mul_(w).log1p_().add_(excess)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        """Save ``x``, ``w`` and ``sign``."""
+        x, w, sign = inputs
+        ctx.save_for_backward(x)
+        ctx.w, ctx.sign = w, sign
 
     @staticmethod
     def backward(ctx, grad):
@@ -207,10 +219,14 @@ class KLTerms(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, log_p, log_q):
+    def forward(log_p, log_q):
         """The terms (see the class docstring)."""
-        ctx.save_for_backward(log_p, log_q)
         return log_p.exp().mul_(log_p - log_q).nan_to_num_(nan=0.0, posinf=math.inf)  # NaN only where p = 0
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        """Save both log-probabilities."""
+        ctx.save_for_backward(*inputs)
 
     @staticmethod
     def backward(ctx, grad):

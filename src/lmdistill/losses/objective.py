@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from lmdistill.config import PRESETS, DistillationConfig, FeatureLossConfig, LossConfig, from_dict
 from lmdistill.losses.chunked import (
     IGNORE_INDEX,
+    check_compile_available,
     chunked_per_token,
     combined_row_loss,
     fused_linear_loss,
@@ -153,6 +154,8 @@ class DistillationObjective(nn.Module):
         implementation (str): "plain", "chunked" or "fused".
         chunk_size (int | None): positions per chunk of the chunked and fused paths (and of the uniform_tail
             estimator); None = automatic.
+        compile (bool): compile the chunked and fused paths' per-chunk math with ``torch.compile`` (the recipe's
+            ``loss.compile``; see ``lmdistill.losses.chunked``); not with "plain".
         features (Sequence[FeatureLossConfig]): feature terms ``w_j * F_j`` (hint, attention, embedding); their
             modules (learned projections) are built by ``setup`` once the student and teachers are known.
         family (ModelFamily | str): the student's model family, which aligns labels with logits (causal LMs
@@ -166,6 +169,8 @@ class DistillationObjective(nn.Module):
 
     Raises:
         ValueError: a value out of range (checked as the recipe's ``distillation`` section is).
+        RuntimeError: ``compile`` where ``torch.compile`` cannot run (``check_compile_available``; the device
+            backend is checked at the first loss).
     """
 
     def __init__(
@@ -181,6 +186,7 @@ class DistillationObjective(nn.Module):
         topk_estimator: str = "tail_bucket",
         implementation: str = "plain",
         chunk_size: int | None = None,
+        compile: bool = False,
         features: Sequence[FeatureLossConfig] = (),
         family: ModelFamily | str = "causal_lm",
         logits_at: str = "all",
@@ -207,9 +213,11 @@ class DistillationObjective(nn.Module):
             t2_scaling=t2_scaling,
             topk_estimator=topk_estimator,
         )
-        LossConfig(implementation=implementation, chunk_size=chunk_size)
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+        LossConfig(implementation=implementation, chunk_size=chunk_size, compile=compile)
+        if compile:
+            check_compile_available()  # early: what does not depend on the device (the device at the first loss)
         self.alpha = cfg.alpha
         self.temperature = cfg.temperature
         self.divergence = get_divergence(cfg.divergence, beta=cfg.beta, skew=cfg.skew)
@@ -218,6 +226,7 @@ class DistillationObjective(nn.Module):
         self.topk_estimator = cfg.topk_estimator
         self.implementation = implementation
         self.chunk_size = chunk_size
+        self.compile_loss = bool(compile)  # not ``self.compile``: that is nn.Module.compile
         self._terms: list[_FeatureTerm] = []
         for spec in features:
             base = spec.kind
@@ -248,6 +257,7 @@ class DistillationObjective(nn.Module):
             topk_estimator=cfg.topk_estimator,
             implementation=loss.implementation,
             chunk_size=loss.chunk_size,
+            compile=loss.compile,
             features=cfg.features,
             family=family,
             logits_at=logits_at,
@@ -262,16 +272,24 @@ class DistillationObjective(nn.Module):
         """
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-        loss_keys = {k: overrides.pop(k) for k in ("implementation", "chunk_size") if k in overrides}
+        loss_keys = {k: overrides.pop(k) for k in ("implementation", "chunk_size", "compile") if k in overrides}
         cfg = from_dict(DistillationConfig, {"preset": preset, **overrides}, prefix="distillation")
         return cls.from_config(cfg, LossConfig(**loss_keys))
 
     @classmethod
     def language_modeling(
-        cls, implementation: str = "plain", family: ModelFamily | str = "causal_lm", logits_at: str = "all"
+        cls,
+        implementation: str = "plain",
+        family: ModelFamily | str = "causal_lm",
+        logits_at: str = "all",
+        *,
+        compile: bool = False,
     ) -> DistillationObjective:
         """Plain CE on the family's targets (alpha = 1): teachers and the no-distillation baseline."""
-        return cls(alpha=1.0, temperature=1.0, implementation=implementation, family=family, logits_at=logits_at)
+        return cls(
+            alpha=1.0, temperature=1.0, implementation=implementation, family=family, logits_at=logits_at,
+            compile=compile,
+        )  # fmt: skip
 
     def num_supervised(self, labels: Tensor) -> int:
         """Positions with a target once ``labels`` are aligned by the family (the CE's denominator)."""
@@ -502,6 +520,7 @@ class DistillationObjective(nn.Module):
                 div_weights=weighted_div,
                 ce_weights=weighted_ce,
                 chunk_size=self.chunk_size,
+                compile=self.compile_loss,
             )
         else:
             logits = student.logits
@@ -521,6 +540,7 @@ class DistillationObjective(nn.Module):
                     ce_weights=weighted_ce,
                     reduce=True,
                     return_parts=True,
+                    compile=self.compile_loss,
                 )
             else:  # plain: the same per-position formula on all (B * T, V) rows at once
                 rows = logits.shape[-1]

@@ -99,7 +99,7 @@ def train_teachers(
     for t in recipe.teachers.members:
         if t.model.path is not None:
             check_model_path(t.name, t.model, data, t.vocab_rows)
-    lm = DistillationObjective.language_modeling(recipe.loss.implementation)
+    lm = DistillationObjective.language_modeling(recipe.loss.implementation, compile=recipe.loss.compile)
     teachers = {}
     for t in recipe.teachers.members:
         if t.train is None:
@@ -241,7 +241,7 @@ def _run_stages(
     device = default_device()
     results: dict[str, Any] = {}
     teachers = train_teachers(recipe, run_dir, data, resume, results)
-    lm = DistillationObjective.language_modeling(recipe.loss.implementation)
+    lm = DistillationObjective.language_modeling(recipe.loss.implementation, compile=recipe.loss.compile)
 
     ensemble = teacher_ensemble(recipe, teachers, data).to(device)
     if len(teachers) > 1:

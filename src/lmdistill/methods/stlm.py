@@ -219,7 +219,7 @@ def _teacher_cache(recipe: StlmRecipe, run_dir: Path, data: CorpusData, name: st
 def _objective(recipe: StlmRecipe, variant: VariantConfig) -> DistillationObjective:
     """The recipe's objective with the variant's divergence and hint term (alpha = 1 for the baseline)."""
     if not variant.kd:
-        return DistillationObjective.language_modeling(recipe.loss.implementation)
+        return DistillationObjective.language_modeling(recipe.loss.implementation, compile=recipe.loss.compile)
     features = [recipe.hint.feature()] if variant.hint else []
     cfg = dataclasses.replace(recipe.distillation, divergence=variant.divergence, features=features)
     return DistillationObjective.from_config(cfg, recipe.loss)

@@ -364,7 +364,9 @@ def variant_objective(recipe: TinyBertRecipe, variant: TinyVariantConfig) -> Dis
     logits_at = "supervised" if recipe.family == "masked_lm" else "all"
     loss = recipe.distillation
     if not variant.kd:
-        return DistillationObjective.language_modeling(recipe.loss.implementation, recipe.family, logits_at)
+        return DistillationObjective.language_modeling(
+            recipe.loss.implementation, recipe.family, logits_at, compile=recipe.loss.compile
+        )
     uses_logits = "logit" in variant.losses
     return DistillationObjective(
         alpha=loss.alpha if uses_logits else 1.0,
@@ -372,6 +374,7 @@ def variant_objective(recipe: TinyBertRecipe, variant: TinyVariantConfig) -> Dis
         divergence=loss.divergence,
         implementation=recipe.loss.implementation,
         chunk_size=recipe.loss.chunk_size,
+        compile=recipe.loss.compile,
         features=loss.features(variant.losses),
         family=recipe.family,
         logits_at=logits_at,
