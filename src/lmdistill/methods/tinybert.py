@@ -337,8 +337,8 @@ def train_head_on_features(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if step % every == 0 or step == steps:
-            records.append({"step": step, "loss": float(loss), "dev_loss": dev_loss()})
-            log.info("%s: step %d/%d, loss %.4f, held-out %.4f", HEAD_STAGE, step, steps, float(loss),
+            records.append({"step": step, "loss": float(loss.detach()), "dev_loss": dev_loss()})
+            log.info("%s: step %d/%d, loss %.4f, held-out %.4f", HEAD_STAGE, step, steps, float(loss.detach()),
                      records[-1]["dev_loss"])  # fmt: skip
     with open(stage / "metrics.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
