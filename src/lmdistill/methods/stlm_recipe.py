@@ -253,16 +253,8 @@ def stage_name(variant: VariantConfig, seed: int) -> str:
 def validate_data(recipe: StlmRecipe, data_root: str | Path | None = None) -> list[str]:
     """Every data file the recipe reads (corpus, evaluation data) and the teacher's files: the problems found."""
     from lmdistill.methods.babyllama_recipe import validate_data as corpus_problems
-    from lmdistill.models.paths import resolve_model_path
+    from lmdistill.models.paths import model_file_problems
 
     problems = corpus_problems(recipe, data_root)  # the corpus files and evaluation data, as Baby Llama reads them
-    try:
-        path = resolve_model_path(recipe.teacher.model.path)
-    except FileNotFoundError as err:
-        return [*problems, str(err)]
-    local = Path(str(path)).expanduser()
-    if str(path).startswith((".", "/", "~")) or local.exists():
-        wanted = local / recipe.teacher.model.gguf_file if recipe.teacher.model.gguf_file else local / "config.json"
-        if not wanted.is_file():
-            problems.append(f"teacher.model: {wanted} not found")
-    return problems
+    model = recipe.teacher.model
+    return [*problems, *model_file_problems(model.path, model.gguf_file, "teacher.model")]

@@ -305,7 +305,7 @@ def stage_name(variant: TinyVariantConfig, seed: int) -> str:
 def validate_data(recipe: TinyBertRecipe, data_root: str | Path | None = None) -> list[str]:
     """The corpus files, the downstream task's files and the teacher's files: the problems found."""
     from lmdistill.data.root import resolve_data_root
-    from lmdistill.models.paths import resolve_model_path
+    from lmdistill.models.paths import model_file_problems
 
     problems = []
     try:
@@ -323,14 +323,5 @@ def validate_data(recipe: TinyBertRecipe, data_root: str | Path | None = None) -
             path = root / "rationale" / task / f"{task}_{split}.json"
             if not path.is_file():
                 problems.append(f"downstream: {path} not found")
-    try:
-        path = resolve_model_path(recipe.teacher.model.path)
-    except FileNotFoundError as err:
-        return [*problems, str(err)]
-    local = Path(str(path)).expanduser()
-    if str(path).startswith((".", "/", "~")) or local.exists():
-        model = recipe.teacher.model
-        wanted = local / model.gguf_file if model.gguf_file else local / "config.json"
-        if not wanted.is_file():
-            problems.append(f"teacher.model: {wanted} not found")
-    return problems
+    model = recipe.teacher.model
+    return [*problems, *model_file_problems(model.path, model.gguf_file, "teacher.model")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["PACKAGE_PREFIX", "resolve_model_path"]
+__all__ = ["PACKAGE_PREFIX", "model_file_problems", "resolve_model_path"]
 
 PACKAGE_PREFIX = "package:"
 
@@ -32,3 +32,23 @@ def resolve_model_path(path: str | Path) -> str | Path:
         )
     folder = Path(list(spec.submodule_search_locations)[0])
     return folder / sub if sub else folder
+
+
+def model_file_problems(path: str | Path, gguf_file: str | None, key: str) -> list[str]:
+    """What is missing for a pretrained model given by ``path`` (and ``gguf_file``), for ``recipes validate``.
+
+    A Hub id is not checked (no network); a local folder must hold ``config.json`` or the GGUF file.
+
+    Returns:
+        list[str]: problems, each naming ``key`` and the missing file or package; empty when none.
+    """
+    try:
+        resolved = resolve_model_path(path)
+    except FileNotFoundError as err:
+        return [str(err)]
+    local = Path(str(resolved)).expanduser()
+    if str(resolved).startswith((".", "/", "~")) or local.exists():
+        wanted = local / gguf_file if gguf_file else local / "config.json"
+        if not wanted.is_file():
+            return [f"{key}: {wanted} not found"]
+    return []

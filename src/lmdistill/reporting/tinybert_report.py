@@ -20,6 +20,7 @@ from lmdistill.atomic import write_text
 from lmdistill.reporting.plots import _number, _save
 from lmdistill.reporting.report import load_results
 from lmdistill.reporting.stats import t_value
+from lmdistill.reporting.stlm_report import _mean_std, _params
 from lmdistill.training_state import metric_records
 
 __all__ = ["GRADIENT_PLOT", "HEATMAP_PLOT", "PROBE_PLOT", "render_tinybert_report", "write_tinybert_report"]
@@ -73,18 +74,7 @@ def _values(models: list[dict[str, Any]], results: dict[str, Any]) -> dict[str, 
 
 
 def _fmt(values: list[float] | None, digits: int = 3, scale: float = 1.0) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{scale * values[0]:.{digits}f}"
-    return f"{scale * mean(values):.{digits}f} ± {scale * stdev(values):.{digits}f}"
-
-
-def _params(values: list[float] | None) -> str:
-    if not values:
-        return "-"
-    n = values[0]
-    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+    return _mean_std(values, scale, digits)
 
 
 def _table(results: dict[str, Any]) -> str:
